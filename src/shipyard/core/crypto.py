@@ -1,0 +1,56 @@
+"""Secrets at rest: provider credentials, signing keys and webhook secrets are stored
+encrypted with a key derived from the server secret.
+
+Ciphertexts are Fernet tokens (AES-128-CBC + HMAC-SHA256) prefixed with ``v1:``. Keys
+derived from ``previous_secret_keys`` still decrypt, so the server secret can be
+rotated: ``shipyard secrets rotate`` re-encrypts every stored value under the new key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PREFIX = "v1:"
+
+
+def derive_key(server_secret: str, purpose: str) -> bytes:
+    """A 32-byte key for one purpose, so one leaked derived key exposes nothing else."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"shipyard", info=purpose.encode()).derive(
+        server_secret.encode()
+    )
+
+
+class SecretBox:
+    def __init__(self, current_secret: str, previous_secrets: list[str] | None = None) -> None:
+        keys = [current_secret, *(previous_secrets or [])]
+        self._fernet = MultiFernet([Fernet(base64.urlsafe_b64encode(derive_key(k, "secrets-at-rest"))) for k in keys])
+        self._mac_key = derive_key(current_secret, "mac")
+
+    def encrypt(self, plaintext: str) -> str:
+        return PREFIX + self._fernet.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, ciphertext: str) -> str:
+        if not ciphertext.startswith(PREFIX):
+            raise ValueError("not an encrypted value")
+        try:
+            return self._fernet.decrypt(ciphertext[len(PREFIX) :].encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("stored secret cannot be decrypted with the configured keys") from exc
+
+    def rotate(self, ciphertext: str) -> str:
+        """Re-encrypt under the current key (decrypting with any known key)."""
+        return PREFIX + self._fernet.rotate(ciphertext[len(PREFIX) :].encode()).decode()
+
+    def mac(self, message: bytes) -> str:
+        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+
+
+def sha256_hex(value: str | bytes) -> str:
+    data = value.encode() if isinstance(value, str) else value
+    return hashlib.sha256(data).hexdigest()
