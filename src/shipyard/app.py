@@ -17,7 +17,7 @@ from shipyard.core.auth import KeyCache
 from shipyard.core.context import Context
 from shipyard.core.errors import install_error_handlers
 from shipyard.core.jobs import Worker
-from shipyard.features import load_features
+from shipyard.features import job_modules, load_features
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard")
@@ -26,9 +26,8 @@ log = logging.getLogger("shipyard")
 def create_app(settings: Settings | None = None, *, ctx: Context | None = None) -> FastAPI:
     settings = settings or (ctx.settings if ctx else Settings())
     features = load_features()
-    for feature in features:
-        for module in feature.job_modules:
-            importlib.import_module(module)
+    for module in job_modules():
+        importlib.import_module(module)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from shipyard.core.errors import ApiError
 from shipyard.core.models import users
-from shipyard.features import load_features
+from shipyard.features import job_modules, load_features
 from shipyard.settings import Settings, describe_settings
 
 T = TypeVar("T")
@@ -155,9 +155,8 @@ def worker(concurrency: int | None) -> None:
 
     from shipyard.core.jobs import Worker
 
-    for feature in load_features():
-        for module in feature.job_modules:
-            importlib.import_module(module)
+    for module in job_modules():
+        importlib.import_module(module)
 
     async def _run(ctx: Context) -> None:
         w = Worker(ctx, concurrency=concurrency)

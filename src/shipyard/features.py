@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     import click
     from fastapi import APIRouter
 
-FEATURE_PACKAGES: list[str] = []
+FEATURE_PACKAGES: list[str] = [
+    # one line per feature package, e.g. "shipyard.updates",
+]
+
+# Core modules that register job handlers and schedules.
+CORE_JOB_MODULES: list[str] = ["shipyard.core.alerts", "shipyard.core.maintenance"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class Feature:
     nav: list[NavEntry] = field(default_factory=list)
     # Called once at app start with the app (e.g. to warm caches or register hooks).
     on_startup: Callable[..., object] | None = None
+
+
+def job_modules() -> list[str]:
+    """Every module to import so that all job handlers are registered."""
+    return CORE_JOB_MODULES + [m for f in load_features() for m in f.job_modules]
 
 
 def load_features() -> list[Feature]:

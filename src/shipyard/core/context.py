@@ -43,6 +43,12 @@ class Context:
         return cls(settings=settings, db=db, box=box, redis=redis)
 
     async def close(self) -> None:
+        # Flush group commits before the engine goes away, then release clients.
+        for committer in self.extras.get("group_committers", {}).values():
+            await committer.close()
+        outbound = self.extras.get("outbound")
+        if outbound is not None:
+            await outbound.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()

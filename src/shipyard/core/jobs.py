@@ -20,8 +20,8 @@ their own tables and check it first, which makes delivery effectively exactly-on
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import os
 import random

@@ -1,0 +1,94 @@
+"""Blob storage (local and S3-compatible) and group commit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, String, Table, func, select
+
+from shipyard.core.batching import GroupCommitter
+from shipyard.core.blobs import BlobNotFound, LocalBlobStore, S3BlobStore, blob_key
+from shipyard.core.db import metadata
+from tests.conftest import make_settings
+
+
+async def _exercise(store: Any) -> None:
+    key = await store.put(b"hello bundle")
+    assert key == blob_key(b"hello bundle")
+    assert await store.put(b"hello bundle") == key  # idempotent
+    assert await store.get(key) == b"hello bundle"
+    assert await store.exists(key)
+    assert not await store.exists("0" * 64)
+    for bad in ("../../etc/passwd", "..", "a" * 63, "G" * 64):
+        assert not await store.exists(bad)
+        with pytest.raises(BlobNotFound):
+            await store.get(bad)
+
+
+async def test_local_blob_store(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    await _exercise(store)
+    await store.check_writable()
+
+
+def test_s3_blob_store_against_moto(tmp_path: Path) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        settings = make_settings(
+            tmp_path,
+            blob_backend="s3",
+            s3_endpoint_url=f"http://127.0.0.1:{port}",
+            s3_bucket="assets",
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            s3_presign=True,
+        )
+        store = S3BlobStore(settings)
+        store.client.create_bucket(Bucket="assets")
+
+        async def go() -> None:
+            await _exercise(store)
+            await store.check_writable()
+            url = store.public_url(blob_key(b"hello bundle"))
+            assert url and "X-Amz-Signature" in url
+
+        asyncio.run(go())
+    finally:
+        server.stop()
+
+
+_probe = Table(
+    "test_group_commit_probe",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), unique=True),
+)
+
+
+async def test_group_commit_commits_before_answering_and_isolates_bad_items(ctx: Any) -> None:
+    async with ctx.db.transaction() as conn:
+        await conn.run_sync(lambda sync: _probe.create(sync, checkfirst=True))
+    committer = GroupCommitter(ctx.db, max_batch=50)
+    results = await asyncio.gather(
+        *(committer.insert(_probe, {"name": f"n{i}"}) for i in range(200)),
+        committer.insert(_probe, {"name": "n5"}),  # duplicate: fails alone
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert len(failures) == 1
+    async with ctx.db.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(_probe))).scalar_one() == 200
+    await committer.insert(_probe, [{"name": "n5"}, {"name": "x"}], ignore_conflicts_on=["name"])
+    async with ctx.db.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(_probe))).scalar_one() == 201
+    await committer.close()
+    metadata.remove(_probe)
