@@ -17,6 +17,7 @@ from shipyard.core.auth import KeyCache
 from shipyard.core.context import Context
 from shipyard.core.errors import install_error_handlers
 from shipyard.core.jobs import Worker
+from shipyard.dashboard import routes as dashboard
 from shipyard.features import job_modules, load_features
 from shipyard.settings import Settings
 
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None) 
     for feature in features:
         for router in feature.public_routers():
             app.include_router(router)
+    dashboard.install(app)
+    for feature in features:
         for router in feature.dashboard_routers():
             app.include_router(router)
 

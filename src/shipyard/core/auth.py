@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core.crypto import sha256_hex
 from shipyard.core.db import utcnow
-from shipyard.core.errors import ApiError, BadRequest, Conflict, NotFound
+from shipyard.core.errors import BadRequest, Conflict, NotFound
 from shipyard.core.models import api_keys, login_sessions, memberships, projects, users
 
 _hasher = PasswordHasher()
@@ -313,33 +313,38 @@ async def touch_key(conn: AsyncConnection, key_id: int) -> None:
 # --- dashboard sessions ---------------------------------------------------------------
 
 
-class LoginFailed(ApiError):
-    def __init__(self, message: str = "wrong email or password") -> None:
-        super().__init__(401, "login_failed", message)
+@dataclass(frozen=True)
+class LoginResult:
+    user: Any = None
+    error: str | None = None
 
 
 async def check_login(
     conn: AsyncConnection, email: str, password: str, *, max_failures: int, lockout: timedelta
-) -> Any:
-    """Verify credentials with lockout after repeated failures; returns the user row."""
+) -> LoginResult:
+    """Verify credentials with lockout after repeated failures.
+
+    Returns the outcome rather than raising, so the caller's transaction commits the
+    failure count (an exception would roll it back and lockout would never trigger).
+    """
     user = await get_user_by_email(conn, email)
     if user is None:
         verify_password(_DUMMY_HASH, password)  # same work either way: no user enumeration by timing
-        raise LoginFailed()
+        return LoginResult(error="wrong email or password")
     now = utcnow()
     if user.locked_until is not None and user.locked_until > now:
-        raise LoginFailed("account locked after repeated failed logins; try again later")
+        return LoginResult(error="account locked after repeated failed logins; try again later")
     if not verify_password(user.password_hash, password):
         failures = user.failed_logins + 1
         values: dict[str, Any] = {"failed_logins": failures}
         if failures >= max_failures:
             values.update(locked_until=now + lockout, failed_logins=0)
         await conn.execute(update(users).where(users.c.id == user.id).values(**values))
-        raise LoginFailed()
+        return LoginResult(error="wrong email or password")
     await conn.execute(
         update(users).where(users.c.id == user.id).values(failed_logins=0, locked_until=None, last_login_at=now)
     )
-    return user
+    return LoginResult(user=user)
 
 
 _DUMMY_HASH = _hasher.hash("not-a-real-password-just-timing")

@@ -1,0 +1,1 @@
+"""Server-rendered dashboard: login, project switcher, one section per feature."""
