@@ -11,12 +11,15 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from shipyard import __version__
-from shipyard.core import migrate
+from shipyard.core import api_alerts, api_audit, api_jobs, apidocs, health, migrate
 from shipyard.core.api import router as core_router
 from shipyard.core.auth import KeyCache
 from shipyard.core.context import Context
 from shipyard.core.errors import install_error_handlers
+from shipyard.core.gateway import Gateway, RouteTable
 from shipyard.core.jobs import Worker
+from shipyard.core.logs import configure_logging
+from shipyard.core.routes import flat_routes
 from shipyard.dashboard import routes as dashboard
 from shipyard.features import job_modules, load_features
 from shipyard.settings import Settings
@@ -26,6 +29,7 @@ log = logging.getLogger("shipyard")
 
 def create_app(settings: Settings | None = None, *, ctx: Context | None = None) -> FastAPI:
     settings = settings or (ctx.settings if ctx else Settings())
+    configure_logging(settings.log_level, settings.log_format)
     features = load_features()
     for module in job_modules():
         importlib.import_module(module)
@@ -67,23 +71,26 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None) 
     )
     install_error_handlers(app)
 
+    app.include_router(health.router)
+    app.include_router(apidocs.router)
     admin = APIRouter(prefix="/api/v1")
-    admin.include_router(core_router)
+    for core_api in (core_router, api_jobs.router, api_audit.router, api_alerts.router):
+        admin.include_router(core_api)
     for feature in features:
         for router in feature.admin_routers():
             admin.include_router(router)
     app.include_router(admin)
+    # Client-facing routes (ingest, manifests, flags…) get CORS and their own rate-limit class.
+    before = len(app.router.routes)
     for feature in features:
         for router in feature.public_routers():
             app.include_router(router)
+    client_routes = flat_routes(app.router.routes[before:])
     dashboard.install(app)
     for feature in features:
         for router in feature.dashboard_routers():
             app.include_router(router)
 
-    @app.get("/healthz", tags=["health"], include_in_schema=True)
-    async def healthz() -> dict[str, str]:
-        """The process is alive (no dependencies checked)."""
-        return {"status": "ok"}
-
+    route_table = RouteTable(settings, client_routes, flat_routes(app.router.routes))
+    app.add_middleware(Gateway, settings=settings, routes=route_table)
     return app

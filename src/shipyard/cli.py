@@ -142,6 +142,10 @@ def serve(host: str | None, port: int | None, no_worker: bool, workers: int) -> 
         port=port,
         workers=workers,
         log_level="warning",
+        # Our JSON logging (configured by the app) handles uvicorn's loggers too; the
+        # gateway writes the access log with the route template and request id.
+        log_config=None,
+        access_log=False,
         proxy_headers=True,
         server_header=False,
     )
@@ -154,9 +158,12 @@ def worker(concurrency: int | None) -> None:
     import importlib
 
     from shipyard.core.jobs import Worker
+    from shipyard.core.logs import configure_logging
 
     for module in job_modules():
         importlib.import_module(module)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
 
     async def _run(ctx: Context) -> None:
         w = Worker(ctx, concurrency=concurrency)

@@ -107,12 +107,52 @@ class Settings(BaseSettings):
         "the app). Admin routes never send CORS headers.",
     )
     rate_limit_per_ip: str = Field(
-        "6000/minute", description="Requests allowed per client IP across all routes (`limits` syntax)."
+        "6000/minute",
+        description="Requests allowed per client IP on the admin API, the dashboard and the API docs "
+        "(`limits` syntax, e.g. `100/second`; empty turns it off). Health, readiness and metrics "
+        "probes are never limited.",
     )
     rate_limit_per_key: str = Field(
         "60000/minute",
-        description="Requests allowed per API key across all routes (`limits` syntax). Ingest "
-        "routes also apply their own protocol-level quotas.",
+        description="Requests allowed per secret key or dashboard session on the admin API and the "
+        "dashboard (`limits` syntax; empty turns it off).",
+    )
+    rate_limit_client_per_ip: str = Field(
+        "",
+        description="Gateway limit per client IP on client-facing routes (ingest, manifests, flags). "
+        "Off by default: each protocol enforces its own per-project quotas, and thousands of app "
+        "users can share one carrier-NAT address. Set e.g. `200000/minute` as a flood guard.",
+    )
+    rate_limit_client_per_key: str = Field(
+        "",
+        description="Gateway limit per public key (DSN key, write key, OFREP bearer) on client-facing "
+        "routes. Off by default for the same reason: feature quotas answer in the client's own "
+        "protocol (e.g. Sentry's `X-Sentry-Rate-Limits`), which SDKs honour better than a bare 429.",
+    )
+    access_log: bool = Field(
+        True,
+        description="Write one JSON access-log line per request (method, route, status, duration, "
+        "request id). Turn off only when a proxy in front already logs every request.",
+    )
+    metrics_token: str = Field(
+        "",
+        description="When set, `/metrics` requires `Authorization: Bearer <token>`; empty leaves it "
+        "open (bind to a private network, as Prometheus targets usually are).",
+    )
+    worker_heartbeat_timeout_seconds: int = Field(
+        60,
+        description="`/readyz` reports not ready when no worker has sent a heartbeat for this long "
+        "(workers beat every 10 s), because queued jobs would then never run.",
+    )
+    readyz_require_worker: bool = Field(
+        True,
+        description="Whether `/readyz` requires a live background worker (embedded or `shipyard "
+        "worker`). Turn off for API nodes whose readiness must not depend on the workers.",
+    )
+    db_connect_timeout: float = Field(
+        5.0,
+        description="Seconds to wait for a new PostgreSQL connection. Short, so that while the "
+        "database is away requests answer 503 quickly instead of hanging.",
     )
     session_ttl_hours: int = Field(12, description="Lifetime of a dashboard login session.")
     login_max_failures: int = Field(
@@ -151,12 +191,185 @@ class Settings(BaseSettings):
     )
 
     # --- updates (OTA) ----------------------------------------------------------------
+    updates_cache_seconds: float = Field(
+        5.0,
+        description="How long a process serves a channel's resolved updates (and signed manifest bytes) "
+        "from memory before re-reading them. Changes made in this process invalidate at once; other "
+        "processes (separate workers, other nodes) see them within this many seconds.",
+    )
+    updates_report_flush_seconds: float = Field(
+        1.0,
+        description="How often device reports gathered from manifest requests (current, embedded and "
+        "failed update ids, fatal errors) are written to the database in one transaction, instead of "
+        "one write per request.",
+    )
+    updates_max_asset_bytes: int = Field(
+        100 * 1024 * 1024,
+        description="Largest single file (bundle or asset) a publish may upload (413 above it).",
+    )
+    updates_asset_redirect: bool = Field(
+        True,
+        description="When the blob store has a public URL for an asset (CDN base URL or S3 presigning), "
+        "answer asset requests with a 302 to it so bytes do not flow through this server.",
+    )
+    updates_default_min_devices: int = Field(
+        50,
+        description="Default minimum number of devices behind a health reading before a rollout policy "
+        "may act on it, so two early crashes do not halt a rollout.",
+    )
+    updates_default_max_failed_launch_rate: float = Field(
+        0.02, description="Default failed-launch rate above which a channel's rollout policy trips (2 %)."
+    )
 
     # --- errors -----------------------------------------------------------------------
+    errors_max_request_bytes: int = Field(
+        20 * 1024 * 1024,
+        description="Largest (compressed) Sentry ingest request body; 413 above it. Sentry's documented limit.",
+    )
+    errors_max_envelope_bytes: int = Field(
+        100 * 1024 * 1024,
+        description="Largest decompressed Sentry envelope; 413 above it, so a small compression bomb is refused.",
+    )
+    errors_max_event_bytes: int = Field(
+        1024 * 1024, description="Largest event or transaction item in an envelope (Sentry's limit); 413 above it."
+    )
+    errors_max_attachment_bytes: int = Field(
+        100 * 1024 * 1024, description="Largest attachment item (Sentry's limit); 413 above it."
+    )
+    errors_events_per_minute: int = Field(
+        6000,
+        description="Default per-project quota of error and message events per minute (0 = none); projects "
+        "override it. Over quota answers 429 with Retry-After and X-Sentry-Rate-Limits so SDKs back off.",
+    )
+    errors_events_per_hour: int = Field(
+        120_000, description="Default per-project quota of error and message events per hour (0 = none)."
+    )
+    errors_transactions_per_minute: int = Field(
+        12_000, description="Default per-project quota of transactions per minute (0 = none)."
+    )
+    errors_transactions_per_hour: int = Field(
+        240_000, description="Default per-project quota of transactions per hour (0 = none)."
+    )
+    errors_store_ip: bool = Field(
+        True,
+        description="Default for storing client IP addresses with events and sessions (Sentry's default); a "
+        "project can turn it off in its errors settings.",
+    )
+    errors_retention_days: int = Field(
+        90, description="Default age after which events, transactions and feedback are purged; issues keep counts."
+    )
+    errors_max_events_per_project: int = Field(
+        1_000_000,
+        description="Default cap on stored events per project; the oldest beyond it are purged (issues keep counts).",
+    )
+    errors_fix_verification_days: int = Field(
+        7,
+        description="A resolved issue with no regression for this many days is marked verified (fix verified).",
+    )
+    errors_digest_batch: int = Field(
+        250, description="Envelopes the digester processes per transaction (larger: faster, longer write locks)."
+    )
+    errors_digest_idle_seconds: float = Field(
+        2.0,
+        description="How long a digest job waits for new envelopes before ending; a new one is started on demand.",
+    )
+    errors_claim_seconds: int = Field(
+        120,
+        description="How long a digester holds a batch of envelopes; a digester that dies loses its claim "
+        "and another one reprocesses the batch after this long.",
+    )
 
     # --- push -------------------------------------------------------------------------
+    push_expo_url: str = Field(
+        "https://exp.host",
+        description="Base URL of the Expo Push API (`/--/api/v2/push/send` and `/getReceipts` below it). "
+        "Changed only to point at a test double or a relay.",
+    )
+    push_fcm_url: str = Field(
+        "https://fcm.googleapis.com",
+        description="Base URL of FCM HTTP v1 (`/v1/projects/{id}/messages:send`).",
+    )
+    push_fcm_token_url: str = Field(
+        "",
+        description="OAuth2 token endpoint for FCM service accounts. Empty: the `token_uri` of the "
+        "service-account JSON (Google's `https://oauth2.googleapis.com/token`).",
+    )
+    push_apns_url: str = Field(
+        "",
+        description="APNs base URL. Empty: `https://api.push.apple.com` for production credentials and "
+        "`https://api.sandbox.push.apple.com` for development ones.",
+    )
+    push_expo_concurrency: int = Field(
+        6,
+        description="Concurrent requests to Expo per process; Expo asks senders to stay at or under 6.",
+    )
+    push_batch_size: int = Field(
+        100, description="Notifications per delivery job and per Expo request (Expo's limit is 100)."
+    )
+    push_receipt_delay_seconds: int = Field(
+        900,
+        description="How long after sending Expo receipts are fetched; Expo recommends about 15 minutes "
+        "and keeps receipts for 24 hours.",
+    )
+    push_stale_device_days: int = Field(
+        90,
+        description="Devices not seen (registered, updated or opened a notification) for this many days "
+        "are deactivated by the daily pruning job; their tokens are most likely dead.",
+    )
+    push_circuit_failures: int = Field(
+        5, description="Provider failures within `push_circuit_window_seconds` that open its circuit (seed: 5 in 60 s)."
+    )
+    push_circuit_window_seconds: float = Field(60.0, description="Window in which provider failures are counted.")
+    push_circuit_cooldown_seconds: float = Field(
+        30.0, description="How long an open provider circuit fails fast before one trial request is let through."
+    )
+    push_link_ttl_hours: int = Field(
+        24 * 30, description="Default lifetime of a signed deep link generated by the server."
+    )
+    push_max_recipients: int = Field(
+        100_000, description="Largest number of devices one send may resolve to (larger sends are refused with 400)."
+    )
 
     # --- analytics --------------------------------------------------------------------
+    analytics_max_message_bytes: int = Field(
+        32 * 1024,
+        description="Largest single Segment message (bytes of JSON). Segment's documented limit is 32 KB; "
+        "larger messages answer 400 like Segment does.",
+    )
+    analytics_max_batch_bytes: int = Field(
+        500 * 1024,
+        description="Largest `/v1/batch` (or `/v1/b`, `/v1/import`) body after decompression. Segment's "
+        "documented limit is 500 KB; larger batches answer 400.",
+    )
+    analytics_max_batch_events: int = Field(
+        2500, description="Most messages in one batch (Segment's documented limit); more answer 400."
+    )
+    analytics_rate_limit: str = Field(
+        "1000/second",
+        description="Ingest requests allowed per project (`limits` syntax). Segment recommends at most "
+        "1,000 requests/s per workspace; excess answers 429 with Retry-After, which the SDKs honour.",
+    )
+    analytics_session_timeout_minutes: int = Field(
+        30,
+        description="Inactivity after which the next event starts a new session (PostHog's default). "
+        "Projects can override it in their analytics settings.",
+    )
+    analytics_raw_retention_days: int = Field(
+        395,
+        description="Default days raw events are kept before the purge job deletes them (13 months, so a "
+        "year-over-year comparison still works). Rollups outlive raw events. Per-project override.",
+    )
+    analytics_rollup_lag_seconds: float = Field(
+        10.0,
+        description="On PostgreSQL, the rollup job only folds in events received at least this long ago: "
+        "ids from concurrent transactions can commit out of order, and a short lag lets them land first. "
+        "SQLite commits in id order and ignores it.",
+    )
+    analytics_max_future_seconds: int = Field(
+        300,
+        description="An event whose skew-corrected time is further than this in the future is stamped "
+        "with the receive time instead, so one broken clock cannot put events in next week.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
 from shipyard.core import audit, auth, projects
 from shipyard.core.auth import Role
-from shipyard.core.deps import Admin, AnyUser, Ctx, Forbidden, Owner, Viewer
+from shipyard.core.db import utcnow
+from shipyard.core.deps import Admin, AnyUser, Ctx, Forbidden, IdPath, Owner, Viewer
 from shipyard.core.errors import NotFound
-from shipyard.core.models import users
+from shipyard.core.models import memberships, users
+from shipyard.core.pagination import Page, PageParams
 
 router = APIRouter(tags=["projects"])
 
@@ -67,16 +70,33 @@ class MemberSet(BaseModel):
     role: str = Field(pattern="^(viewer|developer|admin|owner)$")
 
 
-@router.get("/projects", response_model=dict[str, list[dict[str, Any]]])
-async def list_projects(principal: AnyUser, ctx: Ctx) -> dict[str, Any]:
+class ProjectSummary(BaseModel):
+    id: int
+    slug: str
+    name: str
+    role: str
+
+
+class MemberOut(BaseModel):
+    user_id: int
+    email: str
+    role: str
+
+
+@router.get("/projects", response_model=Page[ProjectSummary])
+async def list_projects(principal: AnyUser, ctx: Ctx, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+    """Projects the caller can see: a key sees its own project, a user their memberships."""
+    after = page.after_int()
     async with ctx.db.connect() as conn:
         if principal.kind == "key":
             project = await projects.get_project(conn, principal.project_id or 0)
-            return {
-                "data": [{"id": project.id, "slug": project.slug, "name": project.name, "role": principal.role.name}]
-            }
-        rows = await auth.projects_of(conn, int(principal.id))
-    return {"data": [{"id": r.id, "slug": r.slug, "name": r.name, "role": r.role or "owner"} for r in rows]}
+            found = [(project.id, project.slug, project.name, principal.role.name)]
+            found = [f for f in found if after is None or f[0] > after]
+        else:
+            rows = await auth.projects_of(conn, int(principal.id), after_id=after, limit=page.limit + 1)
+            found = [(r.id, r.slug, r.name, r.role or "owner") for r in rows]
+    listed = [{"id": i, "slug": slug, "name": name, "role": role} for i, slug, name, role in found]
+    return page.page(listed, lambda r: r["id"])
 
 
 @router.post("/projects", response_model=ProjectCreated, status_code=201)
@@ -106,10 +126,12 @@ async def get_project(access: Viewer) -> dict[str, Any]:
         return await projects.describe(conn, access.project, access.ctx.settings.public_base)
 
 
-@router.get("/projects/{project}/keys", response_model=dict[str, list[KeyOut]])
-async def list_keys(access: Admin) -> dict[str, Any]:
+@router.get("/projects/{project}/keys", response_model=Page[KeyOut])
+async def list_keys(access: Admin, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+    """The project's keys; secret keys by prefix only (their value was shown once)."""
     async with access.ctx.db.connect() as conn:
-        return {"data": await auth.list_keys(conn, access.project.id)}
+        rows = await auth.list_keys(conn, access.project.id, after_id=page.after_int(), limit=page.limit + 1)
+    return page.page(rows, lambda r: r["id"])
 
 
 @router.post("/projects/{project}/keys", response_model=KeyCreated, status_code=201)
@@ -133,7 +155,7 @@ async def create_key(body: KeyCreate, access: Admin) -> dict[str, Any]:
 
 
 @router.post("/projects/{project}/keys/{key_id}/rotate", response_model=KeyCreated, status_code=201)
-async def rotate_key(key_id: int, access: Admin) -> dict[str, Any]:
+async def rotate_key(key_id: IdPath, access: Admin) -> dict[str, Any]:
     ctx = access.ctx
     overlap = timedelta(hours=ctx.settings.key_rotation_overlap_hours)
     async with ctx.db.transaction() as conn:
@@ -153,7 +175,7 @@ async def rotate_key(key_id: int, access: Admin) -> dict[str, Any]:
 
 
 @router.delete("/projects/{project}/keys/{key_id}", status_code=204)
-async def revoke_key(key_id: int, access: Admin) -> None:
+async def revoke_key(key_id: IdPath, access: Admin) -> None:
     ctx = access.ctx
     async with ctx.db.transaction() as conn:
         if not await auth.revoke_key(conn, access.project.id, key_id):
@@ -170,22 +192,20 @@ async def revoke_key(key_id: int, access: Admin) -> None:
     ctx.extras["key_cache"].clear()
 
 
-@router.get("/projects/{project}/members", response_model=dict[str, list[dict[str, Any]]])
-async def list_members(access: Viewer) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from shipyard.core.models import memberships
-
+@router.get("/projects/{project}/members", response_model=Page[MemberOut])
+async def list_members(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+    """People with a role on the project."""
+    query = (
+        select(users.c.id, users.c.email, memberships.c.role)
+        .join(memberships, memberships.c.user_id == users.c.id)
+        .where(memberships.c.project_id == access.project.id)
+    )
+    after = page.after_int()
+    if after is not None:
+        query = query.where(users.c.id > after)
     async with access.ctx.db.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(users.c.id, users.c.email, memberships.c.role)
-                .join(memberships, memberships.c.user_id == users.c.id)
-                .where(memberships.c.project_id == access.project.id)
-                .order_by(users.c.email)
-            )
-        ).all()
-    return {"data": [{"user_id": r.id, "email": r.email, "role": r.role} for r in rows]}
+        rows = (await conn.execute(query.order_by(users.c.id).limit(page.limit + 1))).all()
+    return page.page([{"user_id": r.id, "email": r.email, "role": r.role} for r in rows], lambda r: r["user_id"])
 
 
 @router.put("/projects/{project}/members", status_code=204)
@@ -206,3 +226,40 @@ async def set_member(body: MemberSet, access: Owner) -> None:
             resource_id=user.id,
             details={"email": user.email, "role": body.role},
         )
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    is_instance_admin: bool
+    totp_enabled: bool
+    locked: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+@router.get("/users", response_model=Page[UserOut], tags=["users"])
+async def list_users(principal: AnyUser, ctx: Ctx, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+    """Every dashboard user (instance admins only)."""
+    if not principal.is_instance_admin:
+        raise Forbidden("only instance admins list users (log in to the dashboard as one)")
+    query = select(users)
+    after = page.after_int()
+    if after is not None:
+        query = query.where(users.c.id > after)
+    async with ctx.db.connect() as conn:
+        rows = (await conn.execute(query.order_by(users.c.id).limit(page.limit + 1))).all()
+    now = utcnow()
+    listed = [
+        {
+            "id": r.id,
+            "email": r.email,
+            "is_instance_admin": r.is_instance_admin,
+            "totp_enabled": r.totp_secret is not None,
+            "locked": r.locked_until is not None and r.locked_until > now,
+            "created_at": r.created_at,
+            "last_login_at": r.last_login_at,
+        }
+        for r in rows
+    ]
+    return page.page(listed, lambda r: r["id"])

@@ -135,7 +135,10 @@ async def role_of(conn: AsyncConnection, user_id: int, project_id: int) -> Role 
     return Role[role] if role else None
 
 
-async def projects_of(conn: AsyncConnection, user_id: int) -> list[Any]:
+async def projects_of(
+    conn: AsyncConnection, user_id: int, *, after_id: int | None = None, limit: int | None = None
+) -> list[Any]:
+    """Projects a user belongs to (every project for instance admins), by id."""
     user = (await conn.execute(select(users.c.is_instance_admin).where(users.c.id == user_id))).scalar()
     query = select(projects.c.id, projects.c.slug, projects.c.name, memberships.c.role).select_from(
         projects.outerjoin(
@@ -144,7 +147,12 @@ async def projects_of(conn: AsyncConnection, user_id: int) -> list[Any]:
     )
     if not user:
         query = query.where(memberships.c.user_id == user_id)
-    return list((await conn.execute(query.order_by(projects.c.id))).all())
+    if after_id is not None:
+        query = query.where(projects.c.id > after_id)
+    query = query.order_by(projects.c.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list((await conn.execute(query)).all())
 
 
 # --- API keys ----------------------------------------------------------------------------
@@ -238,10 +246,16 @@ async def revoke_key(conn: AsyncConnection, project_id: int, key_id: int) -> boo
     return bool(result.rowcount)
 
 
-async def list_keys(conn: AsyncConnection, project_id: int) -> list[dict[str, Any]]:
-    rows = (
-        await conn.execute(select(api_keys).where(api_keys.c.project_id == project_id).order_by(api_keys.c.id))
-    ).all()
+async def list_keys(
+    conn: AsyncConnection, project_id: int, *, after_id: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    query = select(api_keys).where(api_keys.c.project_id == project_id)
+    if after_id is not None:
+        query = query.where(api_keys.c.id > after_id)
+    query = query.order_by(api_keys.c.id)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = (await conn.execute(query)).all()
     return [
         {
             "id": r.id,

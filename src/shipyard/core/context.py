@@ -33,6 +33,7 @@ class Context:
             settings.resolved_database_url,
             pool_size=settings.db_pool_size,
             sqlite_synchronous=settings.sqlite_synchronous,
+            connect_timeout=settings.db_connect_timeout,
         )
         box = SecretBox(settings.resolved_secret_key, settings.previous_secret_keys)
         redis = None

@@ -8,6 +8,7 @@ Core (not the ORM) keeps hot paths cheap and makes the SQL visible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,17 +80,73 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached; answered as 503 with Retry-After."""
 
 
+# SQLSTATE classes meaning "the server or the connection is gone", not "your query is wrong":
+# 08 connection exceptions, 57P admin shutdown / cannot connect now, 53 insufficient resources.
+_OUTAGE_SQLSTATES = ("08", "57P", "53")
+
+
+def is_outage(exc: BaseException, *, connecting: bool = False) -> bool:
+    """Whether ``exc`` means the database is unreachable (as opposed to a bad query).
+
+    While *connecting*, any OS-level error (refused, reset, timed out) counts; inside a
+    transaction only errors that SQLAlchemy or the driver attribute to the connection do,
+    so an unrelated ``OSError`` in a handler is not mistaken for an outage.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, DatabaseUnavailable | sa_exc.TimeoutError):
+            return True
+        if isinstance(seen, sa_exc.DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            sqlstate = getattr(seen.orig, "sqlstate", None) or getattr(seen.orig, "pgcode", None)
+            if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES):
+                return True
+            if "database is locked" in str(seen.orig):
+                return True
+            seen = seen.orig
+            continue
+        if connecting and isinstance(seen, OSError):
+            return True
+        module = type(seen).__module__
+        if module.startswith("asyncpg") and type(seen).__name__ in (
+            "ConnectionDoesNotExistError",
+            "ConnectionFailureError",
+            "CannotConnectNowError",
+            "AdminShutdownError",
+            "ConnectionRejectionError",
+            "InternalClientError",
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class Database:
     """The process-wide engine plus helpers for transactions."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, sqlite_synchronous: str = "NORMAL", connect_timeout: float = 5.0
+    ) -> None:
         self.url = url
         self.dialect_name = "sqlite" if url.startswith("sqlite") else "postgresql"
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=10)
+            # pre_ping replaces connections that died while the database was away, so the
+            # process recovers by itself once it is back.
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"timeout": connect_timeout},
+            )
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if self.is_sqlite:
             self._install_sqlite_pragmas(sqlite_synchronous)
@@ -114,18 +171,48 @@ class Database:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (autocommit-free; nothing is written)."""
-        async with self.engine.connect() as conn:
+        conn = await self._open()
+        try:
             yield conn
+        except Exception as exc:
+            if is_outage(exc):
+                raise DatabaseUnavailable(str(exc)) from exc
+            raise
+        finally:
+            await _close_quietly(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed when the block exits without an exception."""
         if self.is_sqlite:
-            async with self.write_lock, self.engine.begin() as conn:
+            async with self.write_lock, self._begin() as conn:
                 yield conn
         else:
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        conn = await self._open()
+        try:
+            async with conn.begin():
+                yield conn
+        except Exception as exc:
+            if is_outage(exc):
+                raise DatabaseUnavailable(str(exc)) from exc
+            raise
+        finally:
+            await _close_quietly(conn)
+
+    async def _open(self) -> AsyncConnection:
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except Exception as exc:
+            if is_outage(exc, connecting=True):
+                raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+            raise
+        return conn
 
     async def ping(self) -> float:
         """Round-trip a trivial query; returns seconds taken or raises."""
@@ -138,6 +225,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _close_quietly(conn: AsyncConnection) -> None:
+    # Closing a connection whose server went away must not mask the original error.
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 def insert_ignore(

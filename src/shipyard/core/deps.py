@@ -157,6 +157,11 @@ async def user_access(
     return Principal("user", str(who.user_id), who.email, Role.viewer, None, is_instance_admin=who.is_instance_admin)
 
 
+# Numeric ids in paths: bounded to what a BIGINT column can hold, so a client sending
+# 10^30 gets a 422 from validation instead of reaching the database driver.
+MAX_ID = 2**63 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Numeric id")]
+
 Viewer = Annotated[Access, Depends(project_access(Role.viewer))]
 Developer = Annotated[Access, Depends(project_access(Role.developer))]
 Admin = Annotated[Access, Depends(project_access(Role.admin))]

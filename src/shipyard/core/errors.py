@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shipyard.core.db import DatabaseUnavailable
@@ -87,6 +89,26 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
         return JSONResponse(error_body("invalid_request", f"invalid request: {summary}", problems), status_code=422)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(_request: Request, exc: OverflowError) -> JSONResponse:
+        # SQLite refuses integers beyond 64 bits when binding them: an id no row can have.
+        return JSONResponse(error_body("bad_request", "a number in the request is out of range"), status_code=400)
+
+    @app.exception_handler(orjson.JSONEncodeError)
+    async def _unstorable_json(_request: Request, exc: orjson.JSONEncodeError) -> JSONResponse:
+        # Free-form JSON (event properties, push data) that parsed but cannot be stored:
+        # integers beyond 64 bits or lone UTF-16 surrogates. Storing it as given is impossible.
+        return JSONResponse(
+            error_body("bad_request", f"a value in the request cannot be stored: {exc}"), status_code=400
+        )
+
+    @app.exception_handler(sa_exc.DataError)
+    async def _data_error(_request: Request, exc: sa_exc.DataError) -> JSONResponse:
+        # PostgreSQL rejected a value's type or range (e.g. an id beyond int8).
+        return JSONResponse(
+            error_body("bad_request", "a value in the request is out of range or malformed"), status_code=400
+        )
 
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
