@@ -1,0 +1,81 @@
+"""Device reports: buffered off the hot path, written at flush and at shutdown, exposed as
+Prometheus metrics."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select
+
+from shipyard.app import create_app
+from shipyard.core import projects
+from shipyard.core.context import Context
+from shipyard.core.jobs import Worker, enqueue
+from shipyard.updates.models import devices
+from shipyard.updates.telemetry import reports
+from tests.conftest import make_ctx, make_settings
+from tests.updates.helpers import expo_headers, make_export, publish_export
+
+
+async def test_reports_survive_shutdown_and_feed_metrics(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, updates_report_flush_seconds=3600.0)  # only shutdown flushes
+    ctx = await make_ctx(settings)
+    async with ctx.db.transaction() as conn:
+        project: dict[str, Any] = await projects.create_project(conn, "Fleet", public_base="http://testserver")
+    app = create_app(ctx=ctx)
+    label = str(project["id"])
+    before = REGISTRY.get_sample_value(
+        "shipyard_updates_manifest_requests_total", {"project": label, "platform": "ios", "outcome": "manifest"}
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            published = await publish_export(client, project, make_export(tmp_path, "v1"))
+            update_id = next(u["id"] for u in published["updates"] if u["platform"] == "ios")
+            for _ in range(25):
+                response = await client.get(
+                    f"/updates/{project['id']}/manifest",
+                    headers=expo_headers(client_id=str(uuid.uuid4()), current=update_id, embedded=str(uuid.uuid4())),
+                )
+                assert response.status_code == 200
+    after = REGISTRY.get_sample_value(
+        "shipyard_updates_manifest_requests_total", {"project": label, "platform": "ios", "outcome": "no_update"}
+    )
+    assert after is not None and after >= 25
+    assert before is None or before >= 0
+    await ctx.close()  # flushes what the requests buffered
+
+    reopened = await make_ctx(settings)
+    try:
+        async with reopened.db.connect() as conn:
+            count = (await conn.execute(select(func.count()).select_from(devices))).scalar_one()
+        assert count == 25
+        async with reopened.db.transaction() as conn:
+            await enqueue(conn, "updates.refresh_metrics", {})
+        await Worker(reopened).run_until_idle()
+        ota = REGISTRY.get_sample_value(
+            "shipyard_updates_channel_devices", {"project": label, "channel": "production", "source": "ota"}
+        )
+        assert ota == 25
+    finally:
+        await reopened.close()
+
+
+async def test_repeated_checks_are_not_rewritten(ctx: Context) -> None:
+    from shipyard.updates.protocol import parse_request
+
+    buffer = reports(ctx)
+    device = str(uuid.uuid4())
+    headers = {"expo-platform": "ios", "expo-runtime-version": "1", "eas-client-id": device}
+    for _ in range(5):
+        buffer.record(1, "production", parse_request(headers), None)
+    assert len(buffer.buffer.devices) == 1
+    buffer.buffer.devices.clear()
+    buffer.record(1, "production", parse_request(headers), None)
+    assert not buffer.buffer.devices  # same state within the minute: nothing to write
+    buffer.record(1, "production", parse_request({**headers, "expo-current-update-id": str(uuid.uuid4())}), None)
+    assert len(buffer.buffer.devices) == 1  # state changed
