@@ -1,0 +1,158 @@
+"""PII and secret scrubbing, applied to every event before anything of it is stored.
+
+Two kinds of rules run over the whole event (request data, headers, cookies, query strings,
+extra, contexts, breadcrumbs, frame variables, tags, messages, span data):
+
+* **by name**: a value whose key looks like a secret (password, secret, token, API key,
+  auth, credentials, cookie, session id, CSRF, private key, card number, …) or matches one
+  of the project's extra field names is replaced by ``[Filtered]`` whatever it holds;
+* **by shape**: inside any string, bearer / basic credentials, JWTs, PEM private keys,
+  ``name=value`` pairs whose name looks like a secret, and card numbers (known issuer
+  prefixes and a valid Luhn check digit) are replaced.
+
+A project can name fields that are never scrubbed by name (``safe_fields``) and turn the
+defaults off (``scrub_defaults``); its extra fields always apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+FILTERED = "[Filtered]"
+
+SECRET_NAMES = (
+    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[-_.]?key|apikey|auth|credential|cookie|"
+    r"session[-_.]?(?:id|key|token)|sessionid|csrf|xsrf|private[-_.]?key|privatekey|"
+    r"credit[-_.]?card|card[-_.]?number|cardnumber|\bcvv\b|\bcvc\b|\bssn\b|signature|x-api-key"
+)
+_SECRET_KEY = re.compile(SECRET_NAMES, re.I)
+
+_CARD = r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[068]|6(?:011|5))(?:[ -]?\d){11,17}(?![\d])"
+_VALUE_RULES = re.compile(
+    r"(?P<pem>-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(?:-----END[A-Z ]*PRIVATE KEY-----|$))"
+    r"|(?P<auth>\b(?:Bearer|Basic|Digest|Token)\s+)[A-Za-z0-9\-._~+/]{6,}=*"
+    r"|(?P<jwt>\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,})"
+    rf"|(?P<kv>[\w.-]*(?:{SECRET_NAMES})[\w.-]*[\"']?\s*[=:]\s*[\"']?)"
+    r"(?P<kvvalue>(?:(?:Bearer|Basic|Digest|Token)\s+)?[^\s&,;\"']+)"
+    rf"|(?P<card>{_CARD})",
+    re.I | re.S,
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _replace(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    if kind == "auth":
+        return match.group("auth") + FILTERED
+    if kind == "kvvalue":  # the value group closes last in a name=value match
+        return match.group("kv") + FILTERED
+    if kind == "card":
+        digits = re.sub(r"\D", "", match.group(0))
+        return FILTERED if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+    return FILTERED
+
+
+def scrub_string(value: str) -> str:
+    return _VALUE_RULES.sub(_replace, value)
+
+
+# Source code and symbol names: shown as they are (a frame's code is the app's own, not user data).
+_CODE_KEYS = frozenset(
+    {
+        "pre_context",
+        "context_line",
+        "post_context",
+        "function",
+        "raw_function",
+        "module",
+        "filename",
+        "abs_path",
+        "package",
+        "symbol",
+    }
+)
+
+
+class Scrubber:
+    def __init__(
+        self, *, defaults: bool = True, extra_fields: Iterable[str] = (), safe_fields: Iterable[str] = ()
+    ) -> None:
+        self.defaults = defaults
+        self.extra = [f.lower() for f in extra_fields if f]
+        self.safe = {f.lower() for f in safe_fields if f}
+
+    def secret_key(self, key: str) -> bool:
+        lowered = key.lower()
+        if any(name in lowered for name in self.extra):
+            return True
+        if not self.defaults or lowered in self.safe:
+            return False
+        return _SECRET_KEY.search(key) is not None
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub_string(value) if self.defaults else value
+        if isinstance(value, dict):
+            return self.mapping(value)
+        if isinstance(value, list):
+            return self.sequence(value)
+        if isinstance(value, int) and not isinstance(value, bool) and self.defaults and abs(value) >= 10**12:
+            text = str(value)
+            return FILTERED if scrub_string(text) != text else value
+        return value
+
+    def mapping(self, data: dict[str, Any]) -> dict[str, Any]:
+        for key, item in data.items():
+            if isinstance(key, str) and self.secret_key(key) and item not in (None, "", [], {}):
+                data[key] = FILTERED
+            elif key in _CODE_KEYS and isinstance(item, str | list):
+                continue
+            else:
+                data[key] = self.value(item)
+        return data
+
+    def sequence(self, items: list[Any]) -> list[Any]:
+        # Header lists and tag lists come as [name, value] pairs: judge the value by the name.
+        for index, item in enumerate(items):
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and self.secret_key(item[0])
+                and item[1] not in (None, "")
+            ):
+                items[index] = [item[0], FILTERED]
+            else:
+                items[index] = self.value(item)
+        return items
+
+    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Scrub an event in place (and return it); cookies are removed outright."""
+        request = event.get("request")
+        if isinstance(request, dict) and request.get("cookies"):
+            request["cookies"] = FILTERED
+        return self.mapping(event)
+
+
+# Keys of the event that are structure, not data; never judged by name.
+_STRUCTURAL = frozenset({"event_id", "timestamp", "start_timestamp", "type", "level", "platform", "sdk"})
+
+
+def scrub_event(event: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:
+    sdk = {k: event.pop(k) for k in list(event) if k in _STRUCTURAL}
+    scrubber.event(event)
+    event.update(sdk)
+    return event
