@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 FEATURE_PACKAGES: list[str] = [
     # one line per feature package, e.g. "shipyard.updates",
+    "shipyard.updates",
+    "shipyard.errors",
+    "shipyard.push",
+    "shipyard.analytics",
 ]
 
 # Core modules that register job handlers and schedules.

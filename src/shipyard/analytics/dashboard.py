@@ -1,0 +1,7 @@
+"""Dashboard pages for analytics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(include_in_schema=False)

@@ -1,0 +1,269 @@
+"""Identities: traits from identify, anonymous→identified links, alias, and merges.
+
+A person is a ``user_key``. When an anonymous id (or an alias's ``previousId``) is linked
+to a user, everything stored under the old key moves to the user — raw events, daily
+activity, traits, consent, group memberships — so every query sees one history without
+resolving identities at query time. Links are first-wins: once an anonymous id belongs
+to a user, a later login of someone else on the same device does not move it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shipyard.analytics.models import (
+    aliases,
+    consent_history,
+    consents,
+    daily_users,
+    events,
+    group_members,
+    groups,
+    users,
+)
+from shipyard.core.db import utcnow
+
+
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+async def resolve(conn: AsyncConnection, project_id: int, ids: list[str]) -> dict[str, str]:
+    """The user each id has been linked to (ids without a link are absent)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = await conn.execute(
+            select(aliases.c.alias, aliases.c.user_key).where(
+                aliases.c.project_id == project_id, aliases.c.alias.in_(chunk)
+            )
+        )
+        found.update({r.alias: r.user_key for r in rows})
+    return found
+
+
+async def link(conn: AsyncConnection, project_id: int, alias: str, user_key: str) -> tuple[str | None, bool]:
+    """Link ``alias`` to ``user_key`` and merge its history.
+
+    Returns (the user ``alias`` now belongs to, whether this call merged it); an alias
+    that already belonged to someone stays with them (first link wins)."""
+    if alias == user_key:
+        return None, False
+    existing = await resolve(conn, project_id, [alias, user_key])
+    if alias in existing:
+        return existing[alias], False
+    target = existing.get(user_key, user_key)  # the user may itself be an alias (alias chains)
+    if target == alias:
+        return None, False
+    inserted = await conn.execute(
+        dialect_insert(conn, aliases)
+        .values(project_id=project_id, alias=alias, user_key=target, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["project_id", "alias"])
+    )
+    if not inserted.rowcount:  # another process linked it first
+        return (await resolve(conn, project_id, [alias])).get(alias), False
+    # Anything that pointed at the alias now points at the final user.
+    await conn.execute(
+        update(aliases).where(aliases.c.project_id == project_id, aliases.c.user_key == alias).values(user_key=target)
+    )
+    await merge(conn, project_id, alias, target)
+    return target, True
+
+
+async def merge(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
+    """Move everything stored under ``source`` to ``target``."""
+    await conn.execute(
+        update(events).where(events.c.project_id == project_id, events.c.user_key == source).values(user_key=target)
+    )
+    await _merge_daily_users(conn, project_id, source, target)
+    await _merge_user_rows(conn, project_id, source, target)
+    await _merge_consents(conn, project_id, source, target)
+    await _merge_group_members(conn, project_id, source, target)
+
+
+async def _merge_daily_users(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
+    rows = (
+        await conn.execute(
+            select(daily_users.c.day, daily_users.c.events).where(
+                daily_users.c.project_id == project_id, daily_users.c.user_key == source
+            )
+        )
+    ).all()
+    for row in rows:
+        stmt = dialect_insert(conn, daily_users).values(
+            project_id=project_id, day=row.day, user_key=target, events=row.events
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["project_id", "day", "user_key"],
+                set_={"events": daily_users.c.events + stmt.excluded.events},
+            )
+        )
+    if rows:
+        await conn.execute(
+            delete(daily_users).where(daily_users.c.project_id == project_id, daily_users.c.user_key == source)
+        )
+
+
+async def _user_row(conn: AsyncConnection, project_id: int, user_key: str) -> Any:
+    query = select(users).where(users.c.project_id == project_id, users.c.user_key == user_key)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def _merge_user_rows(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
+    old = await _user_row(conn, project_id, source)
+    if old is None:
+        return
+    new = await _user_row(conn, project_id, target)
+    if new is None:
+        await conn.execute(
+            update(users)
+            .where(users.c.project_id == project_id, users.c.user_key == source)
+            .values(user_key=target, updated_at=utcnow())
+        )
+        return
+    # The identified user's traits win; the anonymous profile only fills gaps.
+    values = {
+        "traits": {**(old.traits or {}), **(new.traits or {})},
+        "device": new.device or old.device or {},
+        "identified": bool(new.identified or old.identified),
+        "first_seen_ms": _min(old.first_seen_ms, new.first_seen_ms),
+        "last_seen_ms": _max(old.last_seen_ms, new.last_seen_ms),
+        "updated_at": utcnow(),
+    }
+    await conn.execute(
+        update(users).where(users.c.project_id == project_id, users.c.user_key == target).values(**values)
+    )
+    await conn.execute(delete(users).where(users.c.project_id == project_id, users.c.user_key == source))
+
+
+async def _merge_consents(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
+    # Consent given before login carries over unless the user has decided since.
+    rows = (
+        await conn.execute(select(consents).where(consents.c.project_id == project_id, consents.c.user_key == source))
+    ).all()
+    for row in rows:
+        await conn.execute(
+            dialect_insert(conn, consents)
+            .values(
+                project_id=project_id,
+                user_key=target,
+                purpose=row.purpose,
+                granted=row.granted,
+                updated_at=row.updated_at,
+                source=row.source,
+            )
+            .on_conflict_do_nothing(index_elements=["project_id", "user_key", "purpose"])
+        )
+    if rows:
+        await conn.execute(delete(consents).where(consents.c.project_id == project_id, consents.c.user_key == source))
+    await conn.execute(
+        update(consent_history)
+        .where(consent_history.c.project_id == project_id, consent_history.c.user_key == source)
+        .values(user_key=target)
+    )
+
+
+async def _merge_group_members(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
+    rows = (
+        await conn.execute(
+            select(group_members.c.group_id, group_members.c.joined_at).where(
+                group_members.c.project_id == project_id, group_members.c.user_key == source
+            )
+        )
+    ).all()
+    for row in rows:
+        await conn.execute(
+            dialect_insert(conn, group_members)
+            .values(project_id=project_id, group_id=row.group_id, user_key=target, joined_at=row.joined_at)
+            .on_conflict_do_nothing(index_elements=["project_id", "group_id", "user_key"])
+        )
+    if rows:
+        await conn.execute(
+            delete(group_members).where(group_members.c.project_id == project_id, group_members.c.user_key == source)
+        )
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+async def set_traits(
+    conn: AsyncConnection,
+    project_id: int,
+    user_key: str,
+    traits: dict[str, Any],
+    *,
+    device: dict[str, Any] | None,
+    seen_ms: int,
+    identified: bool,
+) -> None:
+    """Apply identify traits (later calls overwrite earlier keys) and the latest device info."""
+    row = await _user_row(conn, project_id, user_key)
+    now = utcnow()
+    if row is None:
+        stmt = dialect_insert(conn, users).values(
+            project_id=project_id,
+            user_key=user_key,
+            identified=identified,
+            traits=traits,
+            device=device or {},
+            first_seen_ms=seen_ms,
+            last_seen_ms=seen_ms,
+            updated_at=now,
+        )
+        result = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["project_id", "user_key"]))
+        if result.rowcount:
+            return
+        row = await _user_row(conn, project_id, user_key)
+    await conn.execute(
+        update(users)
+        .where(users.c.project_id == project_id, users.c.user_key == user_key)
+        .values(
+            traits={**(row.traits or {}), **traits},
+            device=device or row.device or {},
+            identified=bool(row.identified or identified),
+            first_seen_ms=_min(row.first_seen_ms, seen_ms),
+            last_seen_ms=_max(row.last_seen_ms, seen_ms),
+            updated_at=now,
+        )
+    )
+
+
+async def set_group(
+    conn: AsyncConnection, project_id: int, group_id: str, traits: dict[str, Any], user_key: str | None
+) -> None:
+    now = utcnow()
+    current = (
+        await conn.execute(
+            select(groups.c.traits).where(groups.c.project_id == project_id, groups.c.group_id == group_id)
+        )
+    ).first()
+    if current is None:
+        await conn.execute(
+            dialect_insert(conn, groups)
+            .values(project_id=project_id, group_id=group_id, traits=traits, updated_at=now)
+            .on_conflict_do_nothing(index_elements=["project_id", "group_id"])
+        )
+    else:
+        await conn.execute(
+            update(groups)
+            .where(and_(groups.c.project_id == project_id, groups.c.group_id == group_id))
+            .values(traits={**(current.traits or {}), **traits}, updated_at=now)
+        )
+    if user_key is not None:
+        await conn.execute(
+            dialect_insert(conn, group_members)
+            .values(project_id=project_id, group_id=group_id, user_key=user_key, joined_at=now)
+            .on_conflict_do_nothing(index_elements=["project_id", "group_id", "user_key"])
+        )

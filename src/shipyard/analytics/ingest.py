@@ -1,0 +1,403 @@
+"""The ingest pipeline: validated Segment messages → consent, suppression, tracking plan,
+identity → rows committed by group commit.
+
+A request is answered only after its transaction committed (``group_committer``), so a
+200 means the events are durable. Many concurrent requests share one commit, and each
+request's rows go to the database as one statement.
+
+The event insert is the hot path and bypasses SQLAlchemy's per-row bind processing: the
+rows are already plain tuples of ints and strings (JSON pre-encoded with orjson) and go
+to the driver directly — ``executemany`` on SQLite, one ``INSERT … SELECT FROM unnest()``
+on PostgreSQL. Measured on the 2-core box: 47,000 rows/s this way on SQLite against
+30,000 rows/s through Core's executemany of dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import orjson
+from prometheus_client import Counter as PromCounter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shipyard.analytics import consent, identity, plan
+from shipyard.analytics.config import AnalyticsConfig, config_of
+from shipyard.analytics.models import events, ingest_counters
+from shipyard.analytics.segment import (
+    DAY_MS,
+    Message,
+    MessageError,
+    device_info,
+    normalise,
+    stored_context,
+    truncate_ip,
+)
+from shipyard.core.batching import group_committer
+from shipyard.core.context import Context
+from shipyard.core.projects import Project
+
+EVENTS_TOTAL = PromCounter(
+    "shipyard_analytics_events_total",
+    "Analytics messages received, by outcome (stored, duplicate, invalid, suppressed, consent_dropped, "
+    "consent_anonymised, plan_blocked)",
+    ["outcome"],
+)
+
+EVENT_COLUMNS = (
+    "project_id",
+    "message_id",
+    "type",
+    "event",
+    "screen",
+    "user_key",
+    "user_id",
+    "anonymous_id",
+    "ts_ms",
+    "received_ms",
+    "session_id",
+    "properties",
+    "context",
+    "ip",
+)
+_PG_ARRAY_TYPES = {"project_id": "int", "ts_ms": "bigint", "received_ms": "bigint"}
+_JSON_COLUMNS = ("properties", "context")
+_LINK_NEGATIVE_TTL = 60.0
+_MAX_LINK_CACHE = 200_000
+
+
+@cache
+def insert_sql(dialect: str) -> str:
+    table = events.name
+    columns = ", ".join(EVENT_COLUMNS)
+    conflict = "ON CONFLICT (project_id, message_id) DO NOTHING"
+    if dialect == "postgresql":
+        arrays = ", ".join(f"${i + 1}::{_PG_ARRAY_TYPES.get(c, 'text')}[]" for i, c in enumerate(EVENT_COLUMNS))
+        selected = ", ".join(f"u.{c}::jsonb" if c in _JSON_COLUMNS else f"u.{c}" for c in EVENT_COLUMNS)
+        return f"INSERT INTO {table} ({columns}) SELECT {selected} FROM unnest({arrays}) AS u({columns}) {conflict}"
+    placeholders = ", ".join("?" for _ in EVENT_COLUMNS)
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) {conflict}"
+
+
+async def insert_event_rows(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert event tuples (in ``EVENT_COLUMNS`` order); duplicates of a stored
+    ``messageId`` are skipped. Returns how many rows were inserted."""
+    if not rows:
+        return 0
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        result = await conn.exec_driver_sql(insert_sql(dialect), columns)
+    else:
+        result = await conn.exec_driver_sql(insert_sql(dialect), rows)
+    return int(result.rowcount or 0)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    stored: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"success": True}
+        if self.rejected:
+            body["rejected"] = self.rejected
+        dropped = {k: v for k, v in self.counts.items() if k != "stored"}
+        if dropped:
+            body["not_stored"] = dropped
+        return body
+
+
+@dataclass
+class _IdentityOps:
+    links: list[tuple[str, str]] = field(default_factory=list)
+    traits: list[tuple[str, dict[str, Any], dict[str, Any], int, bool]] = field(default_factory=list)
+    groups: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.links or self.traits or self.groups)
+
+
+# --- anonymous id → user links, cached per process -----------------------------------------------
+
+
+def _link_cache(ctx: Context) -> dict[tuple[int, str], tuple[float, str | None]]:
+    cache: dict[tuple[int, str], tuple[float, str | None]] = ctx.extras.setdefault("analytics_link_cache", {})
+    if len(cache) > _MAX_LINK_CACHE:
+        cache.clear()
+    return cache
+
+
+async def _resolve_links(ctx: Context, project_id: int, ids: set[str]) -> dict[str, str]:
+    """Users the given anonymous ids were linked to. A link made by another process
+    within the negative-cache TTL is caught up by the rollup job."""
+    cache = _link_cache(ctx)
+    now = time.monotonic()
+    found: dict[str, str] = {}
+    missing = []
+    for anonymous_id in ids:
+        hit = cache.get((project_id, anonymous_id))
+        if hit is None or (hit[1] is None and hit[0] < now):
+            missing.append(anonymous_id)
+        elif hit[1] is not None:
+            found[anonymous_id] = hit[1]
+    if missing:
+        async with ctx.db.connect() as conn:
+            linked = await identity.resolve(conn, project_id, missing)
+        for anonymous_id in missing:
+            target = linked.get(anonymous_id)
+            cache[(project_id, anonymous_id)] = (now + _LINK_NEGATIVE_TTL, target)
+            if target is not None:
+                found[anonymous_id] = target
+    return found
+
+
+def _known_link(ctx: Context, project_id: int, alias: str) -> bool:
+    hit = ctx.extras.get("analytics_link_cache", {}).get((project_id, alias))
+    return hit is not None and hit[1] is not None
+
+
+# --- the pipeline ------------------------------------------------------------------------------------
+
+
+class _Batch:
+    """Decisions for the messages of one request."""
+
+    def __init__(self, ctx: Context, project: Project, cfg: AnalyticsConfig) -> None:
+        self.ctx = ctx
+        self.project = project
+        self.cfg = cfg
+        self.rows: list[tuple[Any, ...]] = []
+        self.ops = _IdentityOps()
+        self.tally = plan.ViolationTally()
+        self.counts: Counter[str] = Counter()
+        self._salts: dict[int, str] = {}
+
+    async def salt(self, day: int) -> str:
+        if day not in self._salts:
+            self._salts[day] = await consent.daily_salt(self.ctx, self.project.id, day)
+        return self._salts[day]
+
+    async def add(
+        self,
+        m: Message,
+        *,
+        suppressed: frozenset[str],
+        links: dict[str, str],
+        states: dict[str, dict[str, bool]],
+        current_plan: plan.Plan | None,
+    ) -> None:
+        cfg = self.cfg
+        linked = links.get(m.anonymous_id) if m.user_id is None and m.anonymous_id else None
+        ids = [i for i in (m.user_id, m.anonymous_id, linked) if i]
+        if suppressed and any(i in suppressed for i in ids):
+            self.counts["suppressed"] += 1
+            return
+        anonymise = cfg.privacy_mode
+        allowed = anonymise or consent.analytics_allowed(cfg.consent_mode, [states.get(i, {}) for i in ids])
+        if not allowed:
+            if cfg.consent_action == "drop":
+                self.counts["consent_dropped"] += 1
+                return
+            anonymise = True
+            self.counts["consent_anonymised"] += 1
+        if current_plan is not None and m.type == "track":
+            violations = plan.check(current_plan, m.event, m.properties)
+            if violations:
+                blocked = cfg.plan_enforcement == "block"
+                day = m.ts_ms // DAY_MS
+                sample = plan.sample_of(m.properties)
+                for violation in violations:
+                    self.tally.add(day, m.event, violation, blocked=blocked, ts_ms=m.ts_ms, sample=sample)
+                if blocked:
+                    self.counts["plan_blocked"] += 1
+                    return
+        if anonymise:
+            await self._add_anonymised(m)
+        else:
+            self._add_identified(m, linked)
+
+    async def _add_anonymised(self, m: Message) -> None:
+        salt = await self.salt(m.received_ms // DAY_MS)
+        key = consent.hashed_id(salt, self.project.id, m.anonymous_id or m.user_id or "")
+        properties = {} if m.type in ("identify", "alias") else m.properties
+        self.rows.append(
+            (
+                self.project.id,
+                m.message_id,
+                m.type,
+                m.event,
+                m.screen,
+                key,
+                None,
+                None,
+                m.ts_ms,
+                m.received_ms,
+                m.session_id,
+                _json(properties),
+                _json(stored_context(m.context, anonymised=True)),
+                None,
+            )
+        )
+
+    def _add_identified(self, m: Message, linked: str | None) -> None:
+        if m.user_id:
+            key = m.user_id
+            anonymous_id = m.anonymous_id
+            if anonymous_id and anonymous_id != key and not _known_link(self.ctx, self.project.id, anonymous_id):
+                self.ops.links.append((anonymous_id, key))
+        else:
+            key = linked or m.anonymous_id or ""
+        if m.type == "identify":
+            self.ops.traits.append((key, m.traits, device_info(m.context), m.ts_ms, m.user_id is not None))
+        elif m.type == "alias" and m.previous_id and m.user_id:
+            self.ops.links.append((m.previous_id, m.user_id))
+        elif m.type == "group" and m.group_id:
+            self.ops.groups.append((m.group_id, m.traits, key))
+        self.rows.append(
+            (
+                self.project.id,
+                m.message_id,
+                m.type,
+                m.event,
+                m.screen,
+                key,
+                m.user_id,
+                m.anonymous_id,
+                m.ts_ms,
+                m.received_ms,
+                m.session_id,
+                _json(m.properties),
+                _json(stored_context(m.context, anonymised=False)),
+                truncate_ip(m.ip, self.cfg.ip_mode),
+            )
+        )
+
+    async def commit(self) -> tuple[int, list[tuple[str, str]]]:
+        """Write everything in one group-committed transaction; returns (rows stored, links)."""
+        rows, ops, tally, counts = self.rows, self.ops, self.tally, self.counts
+        project_id = self.project.id
+        day = int(time.time() * 1000) // DAY_MS
+
+        async def work(conn: AsyncConnection) -> tuple[int, list[tuple[str, str]]]:
+            stored = await insert_event_rows(conn, rows)
+            links = []
+            seen: set[str] = set()
+            for alias, user in ops.links:
+                if alias in seen:
+                    continue
+                seen.add(alias)
+                target, _merged = await identity.link(conn, project_id, alias, user)
+                if target is not None:
+                    links.append((alias, target))
+            for key, traits, device, ts_ms, identified in ops.traits:
+                await identity.set_traits(
+                    conn, project_id, key, traits, device=device, seen_ms=ts_ms, identified=identified
+                )
+            for group_id, traits, key in ops.groups:
+                await identity.set_group(conn, project_id, group_id, traits, key)
+            tallies = Counter(counts)
+            if len(rows) > stored:
+                tallies["duplicate"] += len(rows) - stored
+            await add_counters(conn, project_id, day, tallies)
+            if tally.counts:
+                await tally.write(conn, project_id)
+            return stored, links
+
+        if not rows and not ops and not counts and not tally.counts:
+            return 0, []
+        result: tuple[int, list[tuple[str, str]]] = await group_committer(self.ctx, "analytics").run(work)
+        return result
+
+
+async def add_counters(conn: AsyncConnection, project_id: int, day: int, counts: Counter[str]) -> None:
+    for outcome, count in counts.items():
+        if not count:
+            continue
+        stmt = identity.dialect_insert(conn, ingest_counters).values(
+            project_id=project_id, day=day, outcome=outcome, count=count
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["project_id", "day", "outcome"],
+                set_={"count": ingest_counters.c.count + stmt.excluded.count},
+            )
+        )
+
+
+async def ingest_messages(
+    ctx: Context,
+    project: Project,
+    raw_messages: list[Any],
+    *,
+    forced_type: str | None = None,
+    batch_context: dict[str, Any] | None = None,
+    sent_at_ms: int | None = None,
+    request_ip: str | None = None,
+) -> IngestResult:
+    """Validate, decide and durably store a list of Segment messages."""
+    settings = ctx.settings
+    received_ms = int(time.time() * 1000)
+    result = IngestResult(received=len(raw_messages))
+    messages: list[Message] = []
+    for index, raw in enumerate(raw_messages):
+        try:
+            messages.append(
+                normalise(
+                    raw,
+                    forced_type=forced_type,
+                    batch_context=batch_context,
+                    sent_at_ms=sent_at_ms,
+                    received_ms=received_ms,
+                    request_ip=request_ip,
+                    max_message_bytes=settings.analytics_max_message_bytes,
+                    max_future_ms=settings.analytics_max_future_seconds * 1000,
+                )
+            )
+        except MessageError as exc:
+            message_id = raw.get("messageId") if isinstance(raw, dict) else None
+            result.rejected.append({"index": index, "messageId": message_id, "code": exc.code, "message": exc.message})
+    cfg = config_of(project)
+    batch = _Batch(ctx, project, cfg)
+    batch.counts["invalid"] = len(result.rejected)
+    if messages:
+        suppressed = await consent.suppressed_ids(ctx, project.id)
+        links: dict[str, str] = {}
+        states: dict[str, dict[str, bool]] = {}
+        if not cfg.privacy_mode:
+            anonymous_only = {m.anonymous_id for m in messages if m.user_id is None and m.anonymous_id}
+            if anonymous_only:
+                links = await _resolve_links(ctx, project.id, anonymous_only)
+            if cfg.consent_mode != "off":
+                keys = {i for m in messages for i in (m.user_id, m.anonymous_id) if i} | set(links.values())
+                states = await consent.consent_states(ctx, project.id, keys)
+        current_plan = None
+        if cfg.plan_enforcement != "off":
+            loaded = await plan.cached_plan(ctx, project.id)
+            current_plan = loaded if loaded.active else None
+        for m in messages:
+            await batch.add(m, suppressed=suppressed, links=links, states=states, current_plan=current_plan)
+    stored, new_links = await batch.commit()
+    cache = _link_cache(ctx)
+    for alias, target in new_links:
+        cache[(project.id, alias)] = (0.0, target)
+    result.stored = stored
+    result.counts = batch.counts
+    if len(batch.rows) > stored:
+        result.counts["duplicate"] += len(batch.rows) - stored
+    result.counts["stored"] = stored
+    for outcome, count in result.counts.items():
+        if count:
+            EVENTS_TOTAL.labels(outcome).inc(count)
+    if not result.counts["invalid"]:
+        del result.counts["invalid"]
+    return result

@@ -1,0 +1,84 @@
+"""The project overview the dashboard opens on (requirement 3.4), read from the rollups.
+
+Active users and event counts come from the incrementally maintained rollups (plus the
+tail above the watermark), so the page stays fast as raw events grow. Crash-free rate
+and notification opens belong to other features: they are read through their services
+when those are installed (``shipyard.errors.service.crash_free_rate`` and
+``shipyard.push.service.notification_open_stats``), and from the apps' own
+``Push Notification Tapped``/``Opened`` events otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shipyard.analytics import behaviour, plan, queries
+from shipyard.analytics.config import config_of
+from shipyard.analytics.sqlparts import NON_ACTIONS, day_number
+from shipyard.core.context import Context
+from shipyard.core.projects import Project
+
+log = logging.getLogger("shipyard.analytics")
+
+
+async def _optional(ctx: Context, module_name: str, function: str, *args: Any) -> Any:
+    """Ask another feature's service, if that feature is installed; never fail the page."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    fn = getattr(module, function, None)
+    if fn is None:
+        return None
+    try:
+        return await fn(ctx, *args)
+    except Exception as exc:  # noqa: BLE001 — another feature's failure must not break this page
+        log.warning("overview: %s.%s failed: %s", module_name, function, exc)
+        return None
+
+
+async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dict[str, Any]:
+    today = datetime.now(UTC).date()
+    week_start = today - timedelta(days=6)
+    active = await queries.active_users(
+        conn, project.id, queries.ActiveUsersQuery(date_from=today - timedelta(days=29), date_to=today)
+    )
+    counts = await queries.daily_event_counts(conn, project.id, day_number(week_start), day_number(today))
+    per_event: dict[str, int] = {}
+    for (_day, event), n in counts.items():
+        per_event[event] = per_event.get(event, 0) + n
+    top = sorted(
+        ((e, n) for e, n in per_event.items() if e not in NON_ACTIONS and e not in ("$screen", "$pageview")),
+        key=lambda item: (-item[1], item[0]),
+    )[:10]
+    areas = await plan.feature_areas(conn, project.id)
+    area_counts = {area: sum(per_event.get(e, 0) for e in names) for area, names in sorted(areas.items())}
+    opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
+    timeout = config_of(project).session_timeout_ms(ctx.settings)
+    week = behaviour.SessionsQuery(date_from=week_start, date_to=today)
+    sessions = (await behaviour.sessions(conn, project.id, week, timeout))["summary"]
+    since = datetime.combine(week_start, datetime.min.time(), UTC)
+    crash_free = await _optional(ctx, "shipyard.errors.service", "crash_free_rate", project.id, since)
+    push_opens = await _optional(ctx, "shipyard.push.service", "notification_open_stats", project.id, since)
+    return {
+        "today": today.isoformat(),
+        "active_users": {
+            "dau": active["dau"][-1],
+            "wau": active["wau"][-1],
+            "mau": active["mau"][-1],
+            "stickiness": active["stickiness"][-1],
+        },
+        "dau_series": list(zip(active["days"], active["dau"], strict=True)),
+        "events_last_7_days": sum(n for e, n in per_event.items() if e not in NON_ACTIONS),
+        "screen_views_last_7_days": per_event.get("$screen", 0) + per_event.get("$pageview", 0),
+        "top_events": [{"event": e, "count": n} for e, n in top],
+        "feature_areas": [{"feature_area": a, "count": n} for a, n in area_counts.items()],
+        "sessions_last_7_days": sessions,
+        "notification_opens_last_7_days": push_opens if push_opens is not None else opens,
+        "crash_free_rate": crash_free,
+    }

@@ -1,0 +1,325 @@
+"""The Segment HTTP Tracking API: authentication, limits, and turning messages into rows.
+
+Pure functions (no database): the ingest pipeline in :mod:`shipyard.analytics.ingest`
+calls them and decides what to store. Protocol facts (paths, fields, limits, clock-skew
+correction) follow the Segment HTTP API documentation, summarised in
+``shared/notes/analytics-and-flags.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shipyard.core.errors import ApiError
+
+MESSAGE_TYPES = ("track", "identify", "screen", "page", "group", "alias")
+# Non-track calls are stored as events too (so a user's history is complete), under
+# reserved names that cannot collide with a track event sent by an app.
+EVENT_FOR_TYPE = {
+    "screen": "$screen",
+    "page": "$pageview",
+    "identify": "$identify",
+    "group": "$group",
+    "alias": "$alias",
+}
+RESERVED_EVENTS = frozenset(EVENT_FOR_TYPE.values())
+MAX_ID_LENGTH = 200
+MAX_MESSAGE_ID_LENGTH = 100
+MAX_NAME_LENGTH = 200
+DAY_MS = 86_400_000
+# Device identifiers dropped from stored context when an event is anonymised.
+DEVICE_IDENTIFIERS = ("id", "advertisingId", "adTrackingEnabled", "token", "deviceId")
+
+
+class SegmentError(ApiError):
+    """An error in Segment's shape: the SDKs read ``code`` and ``message`` at the top level."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, code, message, headers=headers)
+
+
+class MessageError(Exception):
+    """One message is unusable; the rest of its batch may still be stored."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- authentication ------------------------------------------------------------------------
+
+
+def write_key_from(authorization: str | None, body: dict[str, Any] | None) -> str | None:
+    """The write key from HTTP Basic (key as username, empty password) or the body's ``writeKey``."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "basic" and value:
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise SegmentError(401, "invalid_authorization", "the Basic credentials are not valid base64") from None
+            username = decoded.partition(":")[0]
+            if username:
+                return username
+    if body is not None:
+        key = body.get("writeKey")
+        if isinstance(key, str) and key:
+            return key
+    return None
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_json_object(raw: bytes, limit: int, what: str) -> dict[str, Any]:
+    """Parse a request body (any content type: some SDKs send text/plain) as a JSON object."""
+    if len(raw) > limit:
+        raise SegmentError(400, "payload_too_large", f"{what} is {len(raw)} bytes; the limit is {limit} bytes")
+    if not raw.strip():
+        raise SegmentError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SegmentError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise SegmentError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def parse_time_ms(value: Any, field_name: str) -> int | None:
+    """ISO-8601 (what every SDK sends) or epoch seconds/milliseconds, as epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise MessageError("invalid_timestamp", f"{field_name} must be an ISO-8601 string")
+    if isinstance(value, int | float):
+        # Numbers above 1e11 can only be milliseconds (1e11 seconds is the year 5138).
+        return int(value if value > 1e11 else value * 1000)
+    if not isinstance(value, str):
+        raise MessageError("invalid_timestamp", f"{field_name} must be an ISO-8601 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageError("invalid_timestamp", f"{field_name} {value[:40]!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def corrected_time_ms(timestamp_ms: int | None, sent_at_ms: int | None, received_ms: int, max_future_ms: int) -> int:
+    """Segment's clock-skew correction: ``receivedAt − (sentAt − originalTimestamp)``.
+
+    The device's clock may be wrong, but the *difference* between when it created the
+    event and when it sent it is right; anchoring that difference on the server's clock
+    gives the true time. Without ``sentAt`` the timestamp is taken as is.
+    """
+    if timestamp_ms is None:
+        return received_ms
+    ts = timestamp_ms if sent_at_ms is None else received_ms - (sent_at_ms - timestamp_ms)
+    if ts > received_ms + max_future_ms:
+        return received_ms
+    return ts
+
+
+def _id(value: Any, field_name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise MessageError("invalid_id", f"{field_name} must be a string")
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_ID_LENGTH:
+        raise MessageError("invalid_id", f"{field_name} is longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _object(value: Any, field_name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MessageError("invalid_field", f"{field_name} must be an object")
+    return value
+
+
+def _name(value: Any, field_name: str, *, required: bool) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise MessageError(f"missing_{field_name}", f"a {field_name} is required")
+        return None
+    if not isinstance(value, str):
+        raise MessageError("invalid_field", f"{field_name} must be a string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise MessageError("invalid_field", f"{field_name} is longer than {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def session_id_of(msg: dict[str, Any], context: dict[str, Any], properties: dict[str, Any]) -> str | None:
+    """A client session id when the app sends one (seed's sessionId, PostHog's $session_id,
+    the Amplitude session plugin's integration option); sessions are otherwise derived."""
+    candidates = (
+        msg.get("sessionId"),
+        context.get("sessionId"),
+        properties.get("$session_id"),
+        (msg.get("integrations") or {}).get("Actions Amplitude", {}).get("session_id")
+        if isinstance((msg.get("integrations") or {}).get("Actions Amplitude"), dict)
+        else None,
+    )
+    for value in candidates:
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)[:100]
+    return None
+
+
+def truncate_ip(ip: str | None, mode: str) -> str | None:
+    """``full`` keeps the address, ``truncate`` zeroes the host part (IPv4 /24, IPv6 /48), ``none`` drops it."""
+    if not ip or mode == "none":
+        return None
+    if mode == "full":
+        return ip[:64]
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+@dataclass(slots=True)
+class Message:
+    """One validated message, ready for the consent / plan / identity decisions."""
+
+    type: str
+    event: str
+    message_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    ts_ms: int
+    received_ms: int
+    properties: dict[str, Any]
+    context: dict[str, Any]
+    screen: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    group_id: str | None = None
+    previous_id: str | None = None
+    session_id: str | None = None
+    ip: str | None = None
+    size: int = 0
+
+
+def normalise(
+    msg: Any,
+    *,
+    forced_type: str | None,
+    batch_context: dict[str, Any] | None,
+    sent_at_ms: int | None,
+    received_ms: int,
+    request_ip: str | None,
+    max_message_bytes: int,
+    max_future_ms: int,
+) -> Message:
+    """Validate one message the way Segment does and compute its stored time."""
+    if not isinstance(msg, dict):
+        raise MessageError("invalid_message", "each message must be a JSON object")
+    size = len(orjson.dumps(msg))
+    if size > max_message_bytes:
+        raise MessageError("message_too_large", f"message is {size} bytes; the limit is {max_message_bytes} bytes")
+    kind = forced_type or msg.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise MessageError("invalid_type", f"type must be one of {', '.join(MESSAGE_TYPES)}; got {kind!r}")
+    user_id = _id(msg.get("userId"), "userId")
+    anonymous_id = _id(msg.get("anonymousId"), "anonymousId")
+    if user_id is None and anonymous_id is None:
+        raise MessageError("no_user_anon_id", "every message needs a userId or an anonymousId")
+    message_id = msg.get("messageId")
+    if message_id is None or message_id == "":
+        message_id = "srv-" + uuid.uuid4().hex
+    elif not isinstance(message_id, str | int) or isinstance(message_id, bool):
+        raise MessageError("invalid_message_id", "messageId must be a string")
+    message_id = str(message_id)
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise MessageError("invalid_message_id", f"messageId is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+    context = _object(msg.get("context"), "context")
+    if batch_context:
+        context = {**batch_context, **context}
+    properties = _object(msg.get("properties"), "properties")
+    own_sent_at = parse_time_ms(msg.get("sentAt"), "sentAt")
+    timestamp = parse_time_ms(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
+    sent_at = own_sent_at if own_sent_at is not None else sent_at_ms
+    ts_ms = corrected_time_ms(timestamp, sent_at, received_ms, max_future_ms)
+    if ts_ms < 0:
+        raise MessageError("invalid_timestamp", "timestamp is before 1970")
+    message = Message(
+        type=kind,
+        event="",
+        message_id=message_id,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        ts_ms=ts_ms,
+        received_ms=received_ms,
+        properties=properties,
+        context=context,
+        size=size,
+    )
+    if kind == "track":
+        message.event = _name(msg.get("event"), "event", required=True) or ""
+        if message.event in RESERVED_EVENTS:
+            raise MessageError("invalid_event", f"event names starting with $ like {message.event} are reserved")
+    else:
+        message.event = EVENT_FOR_TYPE[kind]
+    if kind in ("screen", "page"):
+        message.screen = _name(msg.get("name"), "name", required=False) or _name(
+            properties.get("name"), "name", required=False
+        )
+    elif kind == "identify":
+        message.traits = _object(msg.get("traits"), "traits") or _object(context.get("traits"), "context.traits")
+        message.properties = message.traits
+    elif kind == "group":
+        message.group_id = _id(msg.get("groupId"), "groupId")
+        if message.group_id is None:
+            raise MessageError("missing_groupId", "a group call needs a groupId")
+        message.traits = _object(msg.get("traits"), "traits")
+        message.properties = {"groupId": message.group_id, **message.traits}
+    elif kind == "alias":
+        message.previous_id = _id(msg.get("previousId"), "previousId")
+        if message.previous_id is None or user_id is None:
+            raise MessageError("missing_previousId", "an alias call needs a previousId and a userId")
+        message.properties = {"previousId": message.previous_id}
+    message.session_id = session_id_of(msg, context, properties)
+    ip = context.get("ip")
+    message.ip = ip if isinstance(ip, str) and ip else request_ip
+    return message
+
+
+def stored_context(context: dict[str, Any], *, anonymised: bool) -> dict[str, Any]:
+    """The context kept with an event: no copy of traits (they live on the user) and no IP
+    (its own column, truncated per project); anonymised events also lose device ids."""
+    kept = {k: v for k, v in context.items() if k not in ("traits", "ip")}
+    if anonymised:
+        device = kept.get("device")
+        if isinstance(device, dict):
+            kept["device"] = {k: v for k, v in device.items() if k not in DEVICE_IDENTIFIERS}
+    return kept
+
+
+def device_info(context: dict[str, Any]) -> dict[str, Any]:
+    """The parts of context that describe the user's device (the seed's DeviceInfo)."""
+    info: dict[str, Any] = {}
+    for key in ("app", "device", "os", "screen", "network"):
+        value = context.get(key)
+        if isinstance(value, dict):
+            info[key] = {k: v for k, v in value.items() if k not in ("advertisingId", "token")}
+    for key in ("locale", "timezone"):
+        value = context.get(key)
+        if isinstance(value, str):
+            info[key] = value
+    library = context.get("library")
+    if isinstance(library, dict):
+        info["library"] = library
+    return info
