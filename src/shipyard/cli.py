@@ -258,7 +258,7 @@ def projects_create(name: str, slug: str | None, owner: str | None, as_json: boo
 
 
 @projects_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array with each project's keys and URLs.")
 def projects_list(as_json: bool) -> None:
     """List projects."""
     from shipyard.core.models import projects as projects_table
@@ -285,7 +285,7 @@ def keys_group() -> None:
 
 @keys_group.command("list")
 @click.option("--project", required=True, help="Project id or slug.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def keys_list(project: str, as_json: bool) -> None:
     """List keys (secret keys by prefix only)."""
 
@@ -306,9 +306,15 @@ def keys_list(project: str, as_json: bool) -> None:
 @keys_group.command("create")
 @click.option("--project", required=True, help="Project id or slug.")
 @click.option("--name", required=True, help="What the key is for (e.g. `ci`).")
-@click.option("--role", type=click.Choice(["viewer", "developer", "admin"]), default="admin", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "developer", "admin"]),
+    default="admin",
+    show_default=True,
+    help="What the key may do on the admin API.",
+)
 @click.option("--scope", "scopes", multiple=True, help="Limit the key to a feature area (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the key id and value.")
 def keys_create(project: str, name: str, role: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create a secret key (printed once)."""
 
@@ -336,7 +342,7 @@ def keys_create(project: str, name: str, role: str, scopes: tuple[str, ...], as_
 @click.option("--key-id", type=int, default=None, help="Secret key to replace.")
 @click.option("--public", "public", is_flag=True, help="Rotate the public key instead (ship it in a new build).")
 @click.option("--overlap-hours", type=int, default=None, help="How long the old key keeps working.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the new key.")
 def keys_rotate(project: str, key_id: int | None, public: bool, overlap_hours: int | None, as_json: bool) -> None:
     """Issue a replacement key; the old one keeps working for the overlap period."""
     if not public and key_id is None:
@@ -372,7 +378,7 @@ def keys_rotate(project: str, key_id: int | None, public: bool, overlap_hours: i
 
 @keys_group.command("revoke")
 @click.option("--project", required=True, help="Project id or slug.")
-@click.option("--key-id", type=int, required=True)
+@click.option("--key-id", type=int, required=True, help="The key to revoke (see `shipyard keys list`).")
 def keys_revoke(project: str, key_id: int) -> None:
     """Revoke a key immediately."""
 
@@ -430,7 +436,7 @@ def users_create(email: str, instance_admin: bool, password: str | None) -> None
 @users_group.command("set-role")
 @click.argument("email")
 @click.option("--project", required=True, help="Project id or slug.")
-@click.option("--role", type=click.Choice([r.name for r in Role]), required=True)
+@click.option("--role", type=click.Choice([r.name for r in Role]), required=True, help="The role to give.")
 def users_set_role(email: str, project: str, role: str) -> None:
     """Give a user a role on a project."""
 
@@ -480,6 +486,71 @@ def audit_checkpoint() -> None:
     """Sign the current chain head now."""
     cp = run_with_ctx(audit.checkpoint)
     click.echo("audit trail is empty" if cp is None else f"checkpoint at seq {cp['seq']}: {cp['head_hash']}")
+
+
+# --- backups ---------------------------------------------------------------------------------
+
+
+@main.group("backup")
+def backup_group() -> None:
+    """Back up and restore the database and the local blob store (kept in <data_dir>/backups)."""
+
+
+@backup_group.command("create")
+@click.option("--json", "as_json", is_flag=True, help="Print the new backup as a JSON object.")
+def backup_create(as_json: bool) -> None:
+    """Make a consistent backup while the server runs; prunes beyond SHIPYARD_BACKUP_RETENTION."""
+    from shipyard.core import backup
+
+    settings = Settings()
+    try:
+        info = backup.create_backup(settings)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        emit(info.as_dict(), True)
+        return
+    click.echo(f"backup {info.name} created: {info.database}, {info.blobs} blobs, {info.size_bytes} bytes")
+    click.echo(f"  {info.path}")
+
+
+@backup_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def backup_list(as_json: bool) -> None:
+    """List the backups in the data dir, oldest first."""
+    from shipyard.core import backup
+
+    rows = backup.list_backups(Settings())
+    if as_json:
+        emit([r.as_dict() for r in rows], True)
+        return
+    if not rows:
+        click.echo("no backups yet (`shipyard backup create`)")
+    for r in rows:
+        click.echo(f"{r.name}  {r.database:<10} {r.blobs:>6} blobs  {r.size_bytes:>12} bytes")
+
+
+@backup_group.command("restore")
+@click.argument("backup_name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def backup_restore(backup_name: str, yes: bool) -> None:
+    """Replace the database with BACKUP_NAME (a name from `backup list`, or a backup's path).
+
+    Also copies back missing blobs and, when the server secret was generated into the data
+    dir, that secret. Stop the API and worker processes first on PostgreSQL.
+    """
+    from shipyard.core import backup
+
+    settings = Settings()
+    if not yes:
+        click.confirm(f"Replace the current database with {backup_name}?", abort=True)
+    try:
+        result = backup.restore_backup(settings, backup_name)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {result['restored']}: {result['database']} database, {result['blobs']} blobs")
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _add_feature_commands() -> None:
