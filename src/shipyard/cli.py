@@ -25,11 +25,13 @@ T = TypeVar("T")
 CLI_ACTOR = audit.Actor(type="system", id="cli")
 
 
-def run_with_ctx(fn: Callable[[Context], Awaitable[T]], *, migrate_first: bool = True) -> T:
+def run_with_ctx(
+    fn: Callable[[Context], Awaitable[T]], *, migrate_first: bool = True, settings: Settings | None = None
+) -> T:
     """Build a context, migrate, run ``fn(ctx)``, close; turns ApiErrors into clean exits."""
 
     async def _go() -> T:
-        ctx = Context.create(Settings())
+        ctx = Context.create(settings or Settings())
         try:
             if migrate_first:
                 await migrate.upgrade(ctx.db)
@@ -486,6 +488,84 @@ def audit_checkpoint() -> None:
     """Sign the current chain head now."""
     cp = run_with_ctx(audit.checkpoint)
     click.echo("audit trail is empty" if cp is None else f"checkpoint at seq {cp['seq']}: {cp['head_hash']}")
+
+
+# --- server secret ---------------------------------------------------------------------------
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Rotate the server secret that encrypts stored secrets and keys the audit chain."""
+
+
+@secrets_group.command("rotate")
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Development: replace the generated <data_dir>/secret.key with a new random secret first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print how many values were re-encrypted, per column.")
+def secrets_rotate(generate: bool, as_json: bool) -> None:
+    """Re-encrypt every stored secret under the current SHIPYARD_SECRET_KEY.
+
+    Set the new secret as SHIPYARD_SECRET_KEY and the old one in SHIPYARD_PREVIOUS_SECRET_KEYS
+    (a JSON list), restart, then run this; afterwards the old secret can be dropped. With
+    --generate (no SHIPYARD_SECRET_KEY set) the new secret is generated into the data dir.
+    The audit chain keeps verifying: its key is re-encrypted, not changed.
+    """
+    import os
+    import secrets as pysecrets
+
+    from shipyard.core import secrets
+
+    settings = Settings()
+    key_file = settings.resolved_data_dir / "secret.key"
+    next_file = settings.resolved_data_dir / "secret.key.next"
+    if generate:
+        if settings.secret_key:
+            raise click.UsageError("--generate replaces the generated secret.key; SHIPYARD_SECRET_KEY is set")
+        old = settings.resolved_secret_key
+        if not next_file.exists():  # kept across a failed run, so a retry uses the same new key
+            fd = os.open(next_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(pysecrets.token_urlsafe(48))
+        settings = Settings(
+            secret_key=next_file.read_text().strip(), previous_secret_keys=[old, *settings.previous_secret_keys]
+        )
+
+    async def _run(ctx: Context) -> secrets.RotationReport:
+        report = await secrets.rotate_all(ctx)
+        async with ctx.db.transaction() as conn:
+            await audit.record(
+                conn,
+                ctx,
+                CLI_ACTOR,
+                "secrets.rotate",
+                resource_type="server_secret",
+                details={"reencrypted": report.reencrypted, "undecryptable": report.undecryptable},
+                outcome="success" if not report.undecryptable else "partial",
+            )
+        return report
+
+    report = run_with_ctx(_run, settings=settings)
+    if generate:
+        os.replace(next_file, key_file)
+    if as_json:
+        emit({"reencrypted": report.reencrypted, "undecryptable": report.undecryptable}, True)
+    else:
+        click.echo(f"re-encrypted {report.total} stored secrets under the current server secret")
+        for column, count in report.reencrypted.items():
+            click.echo(f"  {column:<40} {count}")
+        if generate:
+            click.echo("new secret written to secret.key: restart running servers and workers")
+    if report.undecryptable:
+        for column, count in report.undecryptable.items():
+            click.echo(
+                f"could not decrypt {count} values in {column}: add their secret to "
+                "SHIPYARD_PREVIOUS_SECRET_KEYS and run again",
+                err=True,
+            )
+        sys.exit(1)
 
 
 # --- backups ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Tamper-evident audit trail.
 
-Every record stores ``hash = HMAC(server key, prev_hash ‖ canonical record)`` and the
+Every record stores ``hash = HMAC(chain key, prev_hash ‖ canonical record)`` and the
 hash of the record before it, in a gap-free sequence. Changing, deleting, inserting or
 reordering a record breaks the chain at that point; :func:`verify` names the first
 broken record. Signed Ed25519 checkpoints of the chain head additionally catch a
@@ -10,6 +10,8 @@ truncated tail and let a third party verify the head without the server secret.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +24,7 @@ from sqlalchemy import desc, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core.context import Context
+from shipyard.core.crypto import derive_key
 from shipyard.core.db import insert_ignore, utcnow
 from shipyard.core.models import audit_checkpoints, audit_log, server_keys
 
@@ -73,8 +76,40 @@ def _canonical(row: dict[str, Any]) -> bytes:
     return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
 
-def _chain_hash(ctx: Context, prev_hash: str, row: dict[str, Any]) -> str:
-    return ctx.box.mac(prev_hash.encode() + b"|" + _canonical(row))
+MAC_KEY_NAME = "audit-mac"
+
+
+async def mac_key(conn: AsyncConnection, ctx: Context) -> bytes:
+    """The chain's HMAC key: stored (encrypted with the server secret) in ``server_keys``.
+
+    It is initialised from the server secret the first time it is needed, so chains written
+    before it was stored keep verifying, and it stays the same key when the server secret is
+    rotated (``shipyard secrets rotate`` only re-encrypts it): the whole chain verifies
+    across rotations without keeping old secrets configured.
+    """
+    cached = ctx.extras.get("audit_mac_key")
+    if cached is not None:
+        return bytes(cached)
+    query = select(server_keys.c.value).where(server_keys.c.name == MAC_KEY_NAME)
+    stored = (await conn.execute(query)).scalar()
+    if stored is None:
+        initial = base64.b64encode(derive_key(ctx.settings.resolved_secret_key, "mac")).decode()
+        await conn.execute(
+            insert_ignore(
+                conn,
+                server_keys,
+                {"name": MAC_KEY_NAME, "value": ctx.box.encrypt(initial), "created_at": utcnow()},
+                conflict_columns=["name"],
+            )
+        )
+        stored = (await conn.execute(query)).scalar_one()
+    key = base64.b64decode(ctx.box.decrypt(stored))
+    ctx.extras["audit_mac_key"] = key
+    return key
+
+
+def _chain_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
+    return hmac.new(key, prev_hash.encode() + b"|" + _canonical(row), hashlib.sha256).hexdigest()
 
 
 async def record(
@@ -113,7 +148,7 @@ async def record(
         "details": scrub_details(details or {}),
     }
     row["prev_hash"] = prev_hash
-    row["hash"] = _chain_hash(ctx, prev_hash, row)
+    row["hash"] = _chain_hash(await mac_key(conn, ctx), prev_hash, row)
     await conn.execute(audit_log.insert().values(row))
     return seq
 
@@ -134,6 +169,8 @@ async def verify(ctx: Context) -> VerifyResult:
     expected_seq = 1
     prev_hash = GENESIS
     hashes: dict[int, str] = {}
+    async with ctx.db.transaction() as conn:
+        key = await mac_key(conn, ctx)
     async with ctx.db.connect() as conn:
         result = await conn.stream(select(audit_log).order_by(audit_log.c.id))
         async for r in result:
@@ -155,7 +192,7 @@ async def verify(ctx: Context) -> VerifyResult:
                     f"record seq {row['seq']} does not link to the record before it: "
                     "a record was deleted, inserted or reordered",
                 )
-            if _chain_hash(ctx, prev_hash, row) != row["hash"]:
+            if _chain_hash(key, prev_hash, row) != row["hash"]:
                 return VerifyResult(False, count, row["seq"], f"record seq {row['seq']} was modified")
             hashes[row["seq"]] = row["hash"]
             prev_hash = row["hash"]

@@ -3,14 +3,15 @@ encrypted with a key derived from the server secret.
 
 Ciphertexts are Fernet tokens (AES-128-CBC + HMAC-SHA256) prefixed with ``v1:``. Keys
 derived from ``previous_secret_keys`` still decrypt, so the server secret can be
-rotated: ``shipyard secrets rotate`` re-encrypts every stored value under the new key.
+rotated: ``shipyard secrets rotate`` re-encrypts every stored value under the new key
+(see :mod:`shipyard.core.secrets`, which finds encrypted columns by name: ``secret``,
+``*_secret`` or ``*_enc``, or ``info={"encrypted": True}`` on the column).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -30,7 +31,6 @@ class SecretBox:
     def __init__(self, current_secret: str, previous_secrets: list[str] | None = None) -> None:
         keys = [current_secret, *(previous_secrets or [])]
         self._fernet = MultiFernet([Fernet(base64.urlsafe_b64encode(derive_key(k, "secrets-at-rest"))) for k in keys])
-        self._mac_key = derive_key(current_secret, "mac")
 
     def encrypt(self, plaintext: str) -> str:
         return PREFIX + self._fernet.encrypt(plaintext.encode()).decode()
@@ -45,10 +45,12 @@ class SecretBox:
 
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt under the current key (decrypting with any known key)."""
-        return PREFIX + self._fernet.rotate(ciphertext[len(PREFIX) :].encode()).decode()
-
-    def mac(self, message: bytes) -> str:
-        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+        if not ciphertext.startswith(PREFIX):
+            raise ValueError("not an encrypted value")
+        try:
+            return PREFIX + self._fernet.rotate(ciphertext[len(PREFIX) :].encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("stored secret cannot be decrypted with the configured keys") from exc
 
 
 def sha256_hex(value: str | bytes) -> str:

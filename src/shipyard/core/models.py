@@ -168,7 +168,7 @@ server_keys = Table(
     "server_keys",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("value", Text, nullable=False),  # encrypted with core.crypto
+    Column("value", Text, nullable=False, info={"encrypted": True}),  # encrypted with core.crypto
     Column("created_at", UtcDateTime, nullable=False),
 )
 
