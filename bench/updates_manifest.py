@@ -2,7 +2,7 @@
 code signing on and a staged rollout active, against a minimal ASGI app serving a fixed
 response of the same size, measured in the same run with the same load generator.
 
-    python bench/updates_manifest.py [--seconds 15] [--connections 32]
+    python bench/updates_manifest.py [--quick] [--seconds 15] [--connections 32]
 
 Load: wrk (Debian package) with a Lua script that sends the headers expo-updates sends,
 a random EAS-Client-ID per request (so rollout bucketing runs on every request) and
@@ -144,7 +144,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    parser.add_argument("--quick", action="store_true", help="3-second runs: a smoke test, not a measurement")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds = 3
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
@@ -217,7 +220,7 @@ def main() -> None:
         script = LUA_MANIFEST % {
             "path": path,
             "embedded": embedded,
-            "current": manifest["id"] if False else embedded,
+            "current": embedded,
             "done": LUA_DONE,
         }
         warm = run_wrk(url + path, script, 2, args.connections, work, "warm")

@@ -186,3 +186,25 @@ async def test_policy_waits_for_enough_devices(
     await reports(ctx).flush()
     # Default policy: at least 50 devices before acting; ~40 have tried v2.
     assert await policy_mod.evaluate_all(ctx, project["id"]) == []
+
+
+async def test_history_shows_devices_and_error_rate_without_a_rollout(
+    client: httpx.AsyncClient, project: dict[str, Any], tmp_path: Path, ctx: Context
+) -> None:
+    published = ids(await publish_export(client, project, make_export(tmp_path, "v1"), message="1.4.0 spring"))
+    for n in range(8):
+        device = str(uuid.UUID(int=n + 7))
+        got = await check(client, project, device, "ios")
+        assert got["id"] == published["ios"]
+        if n < 2:  # two installations crash before first render and say so on the next check
+            await check(client, project, device, "ios", failed=[published["ios"]], fatal=CRASH)
+        else:
+            await check(client, project, device, "ios", current=published["ios"])
+    await reports(ctx).flush()
+    history = (
+        await client.get(f"/api/v1/projects/{project['id']}/updates/history", headers=admin_headers(project))
+    ).json()["data"]
+    row = next(r for r in history if r["version"] == "1.4.0 spring")
+    assert row["channel"] == "production" and row["status"] == "active" and row["rollout_percentage"] == 100
+    assert row["devices_affected"] == 8
+    assert row["error_rate"] == 0.25

@@ -37,8 +37,13 @@ class BlobStore(Protocol):
     async def put(self, data: bytes) -> str: ...
     async def get(self, key: str) -> bytes: ...
     async def exists(self, key: str) -> bool: ...
-    def public_url(self, key: str) -> str | None: ...
+    def public_url(self, key: str, response_headers: dict[str, str] | None = None) -> str | None: ...
     def local_path(self, key: str) -> Path | None: ...
+    @property
+    def signs_response_headers(self) -> bool:
+        """True when :meth:`public_url` URLs make the storage answer with the given headers."""
+        ...
+
     async def check_writable(self) -> None: ...
 
 
@@ -86,12 +91,16 @@ class LocalBlobStore:
     async def exists(self, key: str) -> bool:
         return valid_key(key) and self._path(key).exists()
 
-    def public_url(self, key: str) -> str | None:
+    def public_url(self, key: str, response_headers: dict[str, str] | None = None) -> str | None:
         return f"{self.cdn_base_url}/{key}" if self.cdn_base_url else None
 
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
         return path if path.exists() else None
+
+    @property
+    def signs_response_headers(self) -> bool:
+        return False
 
     async def check_writable(self) -> None:
         probe = self.root / ".probe"
@@ -165,22 +174,38 @@ class S3BlobStore:
             raise
         return True
 
-    def public_url(self, key: str) -> str | None:
+    def public_url(self, key: str, response_headers: dict[str, str] | None = None) -> str | None:
+        """A CDN URL, or a presigned GET. ``response_headers`` (content-type, content-encoding,
+        cache-control) are signed into a presigned URL as S3's ``response-*`` overrides, so
+        the bucket answers with them; a CDN URL cannot carry them (the CDN decides)."""
         if self.cdn_base_url:
             return f"{self.cdn_base_url}/{self._object(key)}"
         if self.presign:
-            return str(
-                self.client.generate_presigned_url(
-                    "get_object", Params={"Bucket": self.bucket, "Key": self._object(key)}, ExpiresIn=3600
-                )
-            )
+            params = {"Bucket": self.bucket, "Key": self._object(key)}
+            for name, value in (response_headers or {}).items():
+                override = _RESPONSE_OVERRIDES.get(name.lower())
+                if override:
+                    params[override] = value
+            return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=3600))
         return None
 
     def local_path(self, key: str) -> Path | None:
         return None
 
+    @property
+    def signs_response_headers(self) -> bool:
+        return self.presign and not self.cdn_base_url
+
     async def check_writable(self) -> None:
         await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)
+
+
+_RESPONSE_OVERRIDES = {
+    "content-type": "ResponseContentType",
+    "content-encoding": "ResponseContentEncoding",
+    "cache-control": "ResponseCacheControl",
+    "content-disposition": "ResponseContentDisposition",
+}
 
 
 def _b64_sha256(data: bytes) -> str:

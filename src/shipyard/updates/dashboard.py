@@ -32,6 +32,7 @@ async def updates_page(request: Request, access: Viewer) -> HTMLResponse:
         live += await service.list_rollouts(conn, project_id, None, 20, "halted")
         split = await telemetry.channel_split(conn, project_id)
         fatal = await telemetry.top_fatal_errors(conn, project_id, None, 5)
+        history = await service.list_history(conn, project_id, None, 30)
     split_bars = [(f"{s['channel']} · OTA", s["ota"]) for s in split] + [
         (f"{s['channel']} · embedded", s["embedded"]) for s in split
     ]
@@ -45,6 +46,7 @@ async def updates_page(request: Request, access: Viewer) -> HTMLResponse:
         live=live,
         split_bars=split_bars,
         fatal=fatal,
+        history=history,
         manifest_url=f"{access.ctx.settings.public_base}/updates/{project_id}/manifest",
     )
 

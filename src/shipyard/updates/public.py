@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -68,12 +69,36 @@ async def manifest(project_id: int, request: Request) -> Response:
     return await serve_manifest(request)
 
 
+BYTES_CACHE_LIMIT = 64 * 1024 * 1024  # bytes of small assets kept in memory per process
+BYTES_CACHE_ITEM = 2 * 1024 * 1024  # larger files are streamed from the blob store each time
+
+
 class AssetCache:
-    """Asset rows are immutable, so lookups are cached for the life of the process."""
+    """Asset rows and blobs are immutable, so lookups are cached for the life of the process,
+    and the bytes of small assets (bundles are a few MB at most once compressed) are kept in
+    a bounded least-recently-used map: a rollout makes every device download the same few
+    files, which then cost no disk read or object-store round trip."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[int, str], Any] = {}
         self.missing: dict[tuple[int, str], float] = {}
+        self.blobs: OrderedDict[str, bytes] = OrderedDict()
+        self.blob_bytes = 0
+
+    def get_bytes(self, key: str) -> bytes | None:
+        data = self.blobs.get(key)
+        if data is not None:
+            self.blobs.move_to_end(key)
+        return data
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if len(data) > BYTES_CACHE_ITEM or key in self.blobs:
+            return
+        self.blobs[key] = data
+        self.blob_bytes += len(data)
+        while self.blob_bytes > BYTES_CACHE_LIMIT and self.blobs:
+            _old, dropped = self.blobs.popitem(last=False)
+            self.blob_bytes -= len(dropped)
 
 
 def _asset_cache(ctx: Context) -> AssetCache:
@@ -127,26 +152,41 @@ async def asset(project_id: int, storage_key: str, request: Request) -> Response
             raise NotFound("asset")
         cache.rows[key] = row
     store = blob_store(ctx)
-    if ctx.settings.updates_asset_redirect:
-        url = store.public_url(row.blob_key)
-        if url:
-            return RedirectResponse(url, status_code=302, headers={"cache-control": "public, max-age=300"})
     accept_encoding = request.headers.get("accept-encoding", "")
     blob_key, encoding = row.blob_key, None
     if row.br_key and _accepts(accept_encoding, "br"):
         blob_key, encoding = row.br_key, "br"
     elif row.gzip_key and _accepts(accept_encoding, "gzip"):
         blob_key, encoding = row.gzip_key, "gzip"
+    if ctx.settings.updates_asset_redirect:
+        redirect = {"cache-control": "public, max-age=300", "vary": "accept-encoding"}
+        if store.signs_response_headers:
+            # Presigned S3: the bucket answers with the headers signed into the URL, so the
+            # compressed variant can be sent with its content-encoding and the asset's type.
+            wanted = {"content-type": row.content_type, "cache-control": IMMUTABLE}
+            if encoding:
+                wanted["content-encoding"] = encoding
+            url = store.public_url(blob_key, wanted)
+        else:
+            # A CDN (or a public bucket) serves the object as stored: the identity bytes,
+            # which the CDN may compress on its own.
+            url = store.public_url(row.blob_key)
+        if url:
+            return RedirectResponse(url, status_code=302, headers=redirect)
     headers = {"cache-control": IMMUTABLE, "vary": "accept-encoding", "etag": f'"{row.hash}"'}
     if encoding:
         headers["content-encoding"] = encoding
     if request.headers.get("if-none-match") == headers["etag"]:
         return Response(status_code=304, headers=headers)
-    path = store.local_path(blob_key)
-    if path is not None:
-        return FileResponse(path, headers=headers, media_type=row.content_type)
-    try:
-        data = await store.get(blob_key)
-    except BlobNotFound:
-        raise ApiError(503, "unavailable", "the asset is recorded but its bytes are unavailable") from None
-    return Response(data if request.method == "GET" else b"", headers=headers, media_type=row.content_type)
+    data = cache.get_bytes(blob_key)
+    if data is None:
+        path = store.local_path(blob_key)
+        if path is not None and path.stat().st_size > BYTES_CACHE_ITEM:
+            return FileResponse(path, headers=headers, media_type=row.content_type)
+        try:
+            data = await store.get(blob_key)
+        except BlobNotFound:
+            raise ApiError(503, "unavailable", "the asset is recorded but its bytes are unavailable") from None
+        cache.put_bytes(blob_key, data)
+    # The server drops the body of a HEAD response but keeps its content-length.
+    return Response(data, headers=headers, media_type=row.content_type)

@@ -30,7 +30,7 @@ from shipyard.core.blobs import BlobNotFound, blob_store, valid_key
 from shipyard.core.context import Context
 from shipyard.core.db import insert_ignore, utcnow
 from shipyard.core.errors import ApiError, BadRequest, Conflict, NotFound
-from shipyard.updates import cache
+from shipyard.updates import cache, telemetry
 from shipyard.updates.models import (
     assets,
     blobs,
@@ -906,8 +906,17 @@ async def list_history(
         query = query.where(deployments.c.channel == channel)
     if after is not None:
         query = query.where(deployments.c.id < after)
-    rows = await conn.execute(query.order_by(deployments.c.id.desc()).limit(limit))
-    return [dict(r._mapping) for r in rows]
+    rows = [dict(r._mapping) for r in await conn.execute(query.order_by(deployments.c.id.desc()).limit(limit))]
+    # Devices affected and error rate are read live from what devices reported, so a plain
+    # publish shows them too; a figure frozen by the policy is kept if it is larger.
+    live = await telemetry.groups_health(conn, [r["group_id"] for r in rows])
+    for r in rows:
+        health = live.get(r["group_id"])
+        if health is not None:
+            r["devices_affected"] = max(int(r["devices_affected"] or 0), health["devices"])
+            if health["error_rate"] is not None:
+                r["error_rate"] = health["error_rate"]
+    return rows
 
 
 async def history_events(conn: AsyncConnection, project_id: int, deployment_id: int) -> list[dict[str, Any]]:

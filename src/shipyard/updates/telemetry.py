@@ -370,6 +370,37 @@ async def update_health(conn: AsyncConnection, update_id: str) -> dict[str, Any]
     }
 
 
+async def groups_health(conn: AsyncConnection, group_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per update group (all its platforms): installations offered or running one of its
+    updates, and the failed-launch rate among those that tried to launch it. The deployment
+    history shows these live, so they are right for every deployment, not only rollouts."""
+    if not group_ids:
+        return {}
+    attempted = case(
+        (device_updates.c.ran_at.is_not(None) | device_updates.c.failed_at.is_not(None), 1),
+        else_=0,
+    )
+    rows = await conn.execute(
+        select(
+            updates.c.group_id,
+            func.count().label("devices"),
+            func.count(device_updates.c.failed_at).label("failed"),
+            func.sum(attempted).label("attempted"),
+        )
+        .select_from(device_updates.join(updates, updates.c.id == device_updates.c.update_id))
+        .where(updates.c.group_id.in_(sorted(set(group_ids))))
+        .group_by(updates.c.group_id)
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        tried = int(r.attempted or 0)
+        out[r.group_id] = {
+            "devices": int(r.devices or 0),
+            "error_rate": (int(r.failed or 0) / tried) if tried else None,
+        }
+    return out
+
+
 async def top_fatal_errors(
     conn: AsyncConnection, project_id: int, update_id: str | None, limit: int = 10
 ) -> list[dict[str, Any]]:
