@@ -30,13 +30,14 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core import audit, jobs, projects
 from shipyard.core.audit import Actor
 from shipyard.core.blobs import blob_store
 from shipyard.core.context import Context
-from shipyard.core.db import insert_ignore, upsert, utcnow
+from shipyard.core.db import insert_ignore, utcnow
 from shipyard.errors import alerting, envelope, grouping, health, outcomes, releases
 from shipyard.errors.config import ProjectConfig, project_config
 from shipyard.errors.issues import IssueView, add_activity, apply_event
@@ -561,33 +562,26 @@ async def _write_events(
     await conn.execute(
         event_data.insert(), [{"event_pk": pk, "data": e.data} for pk, (_, e) in zip(inserted, fresh, strict=True)]
     )
-    for (issue_id, hour), count in hourly.items():
-        await conn.execute(
-            upsert(
-                conn,
-                issue_hourly,
-                {"issue_id": issue_id, "hour": hour, "project_id": project.id, "events": count},
-                conflict_columns=["issue_id", "hour"],
-                update={"events": issue_hourly.c.events + count},
-            )
-        )
-    for (issue_id, key, value), count in tag_counts.items():
-        await conn.execute(
-            upsert(
-                conn,
-                issue_tags,
-                {
-                    "issue_id": issue_id,
-                    "key": key,
-                    "value": value,
-                    "project_id": project.id,
-                    "count": count,
-                    "last_seen": now,
-                },
-                conflict_columns=["issue_id", "key", "value"],
-                update={"count": issue_tags.c.count + count, "last_seen": now},
-            )
-        )
+    # One executemany per counter table: a statement per row costs a round trip to the
+    # database thread each, and a batch touches hundreds of (issue, tag, value) counters.
+    await _add_counts(
+        conn,
+        issue_hourly,
+        ["issue_id", "hour"],
+        [{"issue_id": i, "hour": h, "project_id": project.id, "events": n} for (i, h), n in hourly.items()],
+        "events",
+    )
+    await _add_counts(
+        conn,
+        issue_tags,
+        ["issue_id", "key", "value"],
+        [
+            {"issue_id": i, "key": k, "value": v, "project_id": project.id, "count": n, "last_seen": now}
+            for (i, k, v), n in tag_counts.items()
+        ],
+        "count",
+        also=("last_seen",),
+    )
     for view in views.values():
         await conn.execute(update(issues).where(issues.c.id == view.id).values(**view.values()))
         for kind, details in view.transitions:
@@ -612,6 +606,26 @@ async def _write_events(
         environments=environments,
         now=now,
     )
+
+
+async def _add_counts(
+    conn: AsyncConnection,
+    table: Any,
+    keys: list[str],
+    rows: list[dict[str, Any]],
+    counter: str,
+    also: tuple[str, ...] = (),
+) -> None:
+    """Insert counter rows, or add their ``counter`` to the existing ones (one executemany)."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys,
+        set_={counter: table.c[counter] + stmt.excluded[counter], **{c: stmt.excluded[c] for c in also}},
+    )
+    await conn.execute(stmt, rows)
 
 
 def _event_row(project_id: int, issue_id: int, received_at: datetime, f: EventFacts) -> dict[str, Any]:
