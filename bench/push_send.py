@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -149,6 +151,19 @@ def message(i: int, mark: str | None = None) -> dict[str, Any]:
     return {"title": "Water Blue Dream", "body": "Your plant needs water today", "data": data}
 
 
+async def post(client: httpx.AsyncClient, path: str, **kw: Any) -> httpx.Response:
+    """POST, again on a dropped keep-alive connection (safe: registrations are upserts and
+    sends carry an idempotency key)."""
+    for attempt in range(3):
+        try:
+            return await client.post(path, **kw)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
 async def gather_limited(n: int, limit: int, fn: Any) -> list[Any]:
     sem = asyncio.Semaphore(limit)
 
@@ -159,8 +174,8 @@ async def gather_limited(n: int, limit: int, fn: Any) -> list[Any]:
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def wait_count(fake: httpx.AsyncClient, target: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+async def wait_count(fake: httpx.AsyncClient, target: int, limit_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + limit_s
     while True:
         stats = (await fake.get("/_bench/stats")).json()
         if stats["count"] >= target:
@@ -182,7 +197,8 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
         r.raise_for_status()
 
         async def register(i: int) -> int:
-            resp = await api.post(
+            resp = await post(
+                api,
                 "/push/v1/devices",
                 json={"token": token(i), "platform": "ios" if i % 2 else "android", "user_id": f"u{i}"},
                 headers={"X-Shipyard-Key": creds["public_key"]},
@@ -202,9 +218,15 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
         accepted_at: list[float] = []
 
         async def post_send(i: int) -> None:
-            resp = await api.post(
+            resp = await post(
+                api,
                 sends_path,
-                json={"to": {"device_ids": batches[i]}, "notification": message(i), "campaign": "bench"},
+                json={
+                    "to": {"device_ids": batches[i]},
+                    "notification": message(i),
+                    "campaign": "bench",
+                    "idempotency_key": f"bench-{i}",
+                },
                 headers=admin,
             )
             if resp.status_code != 202:
@@ -215,7 +237,7 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
         wall_start = time.time()
         await gather_limited(len(batches), 16, post_send)
         accept_s = accepted_at[-1] - start
-        stats = await wait_count(fake, total, timeout=600)
+        stats = await wait_count(fake, total, limit_s=600)
         e2e_s = stats["last"] - wall_start
         throughput = {
             "notifications": total,
@@ -249,7 +271,7 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
             sends_path, json={"to": {"all": True}, "notification": message(0), "campaign": "bench-all"}, headers=admin
         )
         resp.raise_for_status()
-        stats = await wait_count(fake, len(device_ids), timeout=600)
+        stats = await wait_count(fake, len(device_ids), limit_s=600)
         broadcast_s = stats["last"] - wall_start
         broadcast = {"notifications": len(device_ids), "seconds": broadcast_s, "per_s": len(device_ids) / broadcast_s}
 
@@ -267,9 +289,14 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
                 if direct:
                     resp = await fake.post("/--/api/v2/push/send", json={"to": token(i % len(device_ids)), **body})
                 else:
-                    resp = await api.post(
+                    resp = await post(
+                        api,
                         sends_path,
-                        json={"to": {"device_ids": [device_ids[i % len(device_ids)]]}, "notification": body},
+                        json={
+                            "to": {"device_ids": [device_ids[i % len(device_ids)]]},
+                            "notification": body,
+                            "idempotency_key": mark,
+                        },
                         headers=admin,
                     )
                 if resp.status_code not in (200, 202):
@@ -284,7 +311,7 @@ async def run(args: argparse.Namespace, url: str, fake_url: str, creds: dict[str
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(i)))
             await asyncio.gather(*tasks)
-            stats = await wait_count(fake, n, timeout=120)
+            stats = await wait_count(fake, n, limit_s=120)
             arrivals = stats["arrivals"]
             from_accept = [(arrivals[m] - answered[m]) * 1000 for m in answered if m in arrivals]
             from_start = [(arrivals[m] - started[m]) * 1000 for m in started if m in arrivals]
@@ -320,6 +347,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--quick", action="store_true", help="1000 devices, 2 rounds, 5 s latency phase")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    parser.add_argument("--profile", metavar="FILE", help="record the server with py-spy (collapsed stacks) to FILE")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.rounds, args.seconds = 1000, 2, 5.0
@@ -354,8 +382,9 @@ def main() -> None:
                 [sys.executable, "-m", "shipyard.cli", "init", "--json"], env=env, capture_output=True, check=True
             ).stdout
         )
+        spy = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", args.profile, "--"] if args.profile else []
         server = subprocess.Popen(
-            [*pin(0), sys.executable, "-m", "shipyard.cli", "serve"],
+            [*pin(0), *spy, sys.executable, "-m", "shipyard.cli", "serve"],
             env=env,
             stdout=subprocess.DEVNULL,
         )
@@ -365,6 +394,10 @@ def main() -> None:
         pin_self(1)
         results = asyncio.run(run(args, url, fake_url, creds))
     finally:
+        if args.profile and procs[-1].poll() is None:
+            procs[-1].send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                procs[-1].wait(timeout=60)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -376,23 +409,38 @@ def main() -> None:
     t, b, bc = results["throughput"], results["baseline"], results["broadcast"]
     print(f"push send benchmark: {results['devices']} devices (registered in {results['register_seconds']:.1f} s)")
     print(f"{'':<52}{'notifs':>8}{'seconds':>9}{'notifs/s':>10}")
-    print(f"{'shipyard: send API -> queue -> fake Expo':<52}{t['notifications']:>8}{t['seconds']:>9.2f}{t['per_s']:>10.0f}")
-    print(f"{'  (accepted by the send API)':<52}{t['notifications']:>8}{t['accept_seconds']:>9.2f}"
-          f"{t['accepted_per_s']:>10.0f}")
-    print(f"{'shipyard: one broadcast send (all devices)':<52}{bc['notifications']:>8}{bc['seconds']:>9.2f}"
-          f"{bc['per_s']:>10.0f}")
-    print(f"{'baseline: same batches straight to fake Expo':<52}{b['notifications']:>8}{b['seconds']:>9.2f}"
-          f"{b['per_s']:>10.0f}")
+    print(
+        f"{'shipyard: send API -> queue -> fake Expo':<52}{t['notifications']:>8}{t['seconds']:>9.2f}"
+        f"{t['per_s']:>10.0f}"
+    )
+    print(
+        f"{'  (accepted by the send API)':<52}{t['notifications']:>8}{t['accept_seconds']:>9.2f}"
+        f"{t['accepted_per_s']:>10.0f}"
+    )
+    print(
+        f"{'shipyard: one broadcast send (all devices)':<52}{bc['notifications']:>8}{bc['seconds']:>9.2f}"
+        f"{bc['per_s']:>10.0f}"
+    )
+    print(
+        f"{'baseline: same batches straight to fake Expo':<52}{b['notifications']:>8}{b['seconds']:>9.2f}"
+        f"{b['per_s']:>10.0f}"
+    )
     print(f"ratio shipyard/baseline: {t['per_s'] / b['per_s']:.2f}   (target ≥ 2000 notifications/s end to end)")
     lat, lb = results["latency"], results["latency_baseline"]
     print(f"single immediate notifications at {lat['rate']:.0f}/s, n={lat['n']} (target p95 < 200 ms)")
     print(f"{'':<52}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
-    print(f"{'shipyard: 202 -> provider request':<52}{lat['accept_p50_ms']:>9.1f}{lat['accept_p95_ms']:>9.1f}"
-          f"{lat['accept_p99_ms']:>9.1f}")
-    print(f"{'shipyard: request start -> provider request':<52}{lat['start_p50_ms']:>9.1f}{lat['start_p95_ms']:>9.1f}"
-          f"{lat['start_p99_ms']:>9.1f}")
-    print(f"{'baseline: request start -> fake Expo (direct)':<52}{lb['start_p50_ms']:>9.1f}{lb['start_p95_ms']:>9.1f}"
-          f"{lb['start_p99_ms']:>9.1f}")
+    print(
+        f"{'shipyard: 202 -> provider request':<52}{lat['accept_p50_ms']:>9.1f}{lat['accept_p95_ms']:>9.1f}"
+        f"{lat['accept_p99_ms']:>9.1f}"
+    )
+    print(
+        f"{'shipyard: request start -> provider request':<52}{lat['start_p50_ms']:>9.1f}{lat['start_p95_ms']:>9.1f}"
+        f"{lat['start_p99_ms']:>9.1f}"
+    )
+    print(
+        f"{'baseline: request start -> fake Expo (direct)':<52}{lb['start_p50_ms']:>9.1f}{lb['start_p95_ms']:>9.1f}"
+        f"{lb['start_p99_ms']:>9.1f}"
+    )
 
 
 if __name__ == "__main__":
