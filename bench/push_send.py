@@ -382,7 +382,7 @@ def main() -> None:
                 [sys.executable, "-m", "shipyard.cli", "init", "--json"], env=env, capture_output=True, check=True
             ).stdout
         )
-        spy = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", args.profile, "--"] if args.profile else []
+        spy = ["py-spy", "record", "--gil", "--format", "raw", "-r", "200", "-o", args.profile, "--"] if args.profile else []
         server = subprocess.Popen(
             [*pin(0), *spy, sys.executable, "-m", "shipyard.cli", "serve"],
             env=env,
