@@ -278,3 +278,13 @@ async def test_funnel_per_campaign_and_category_with_opens_failures_and_opt_outs
     assert bad.status_code in (400, 422)
     naive = await admin(client, project, "GET", "/analytics", params={"since": "2026-01-01T00:00:00"})
     assert naive.status_code == 400
+
+
+async def test_fcm_credentials_take_the_expo_experience_id(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    from tests.push.fakes import service_account
+
+    account, _ = service_account("https://oauth2.googleapis.com/token")
+    body = {"service_account": account, "experience_id": "@canabro/canabro"}
+    r = await admin(client, project, "PUT", "/credentials/fcm", json=body)
+    assert r.status_code == 200 and r.json()["meta"]["experience_id"] == "@canabro/canabro", r.text
+    assert "private_key" not in r.text
