@@ -213,6 +213,7 @@ class Worker:
 
     def _forget(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._wake.set()  # a slot is free: claim the next due job now, not at the next poll
 
     async def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Run due jobs until none are left (tests and `shipyard jobs run-once`)."""

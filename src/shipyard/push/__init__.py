@@ -21,6 +21,12 @@ def _public_routers() -> list[Any]:
     return [client_api.router, expo_ingress.router]
 
 
+def _dashboard_routers() -> list[Any]:
+    from shipyard.push.dashboard import router
+
+    return [router]
+
+
 def _on_startup(app: Any) -> None:
     from shipyard.push.service import configure_breaker
 
@@ -37,6 +43,7 @@ feature = Feature(
     name="push",
     admin_routers=_admin_routers,
     public_routers=_public_routers,
+    dashboard_routers=_dashboard_routers,
     job_modules=["shipyard.push.jobs"],
     cli=_cli,
     migrations=Path(__file__).parent / "migrations",

@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from sqlalchemy import and_, or_, select
 
 from shipyard.core import audit
@@ -14,17 +14,23 @@ from shipyard.core.auth import Role
 from shipyard.core.deps import Access, project_access
 from shipyard.core.errors import BadRequest, NotFound
 from shipyard.core.pagination import PageParams
+from shipyard.push import analytics as push_analytics
 from shipyard.push import credentials as creds_svc
 from shipyard.push import devices as devices_svc
-from shipyard.push import history, prefs, sending, texts
+from shipyard.push import history, links, prefs, sending, texts
+from shipyard.push import rules as rules_svc
 from shipyard.push.models import config, devices, messages, sends
 from shipyard.push.schemas import (
     ApnsCredentials,
     AuthConfigBody,
     CategoryBody,
+    EventBody,
     ExpoCredentials,
     FcmCredentials,
+    LinkGenerate,
+    LinkRouteBody,
     PreferencesBody,
+    RuleBody,
     SendRequest,
     TemplateBody,
     UserBody,
@@ -383,7 +389,8 @@ async def get_send(send_id: int, access: Viewer) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         send = await sending.get_send(conn, access.project.id, send_id)
         counts = await history.status_counts(conn, send_id)
-    return {**send_view(send), "messages": counts}
+        funnel = await push_analytics.send_funnel(conn, access.project.id, send_id)
+    return {**send_view(send), "messages": counts, "funnel": funnel}
 
 
 @router.delete("/sends/{send_id}")
@@ -433,3 +440,128 @@ async def get_message(message_id: str, access: Viewer) -> dict[str, Any]:
     """One message with its full history (queued, decisions, provider answers, opens)."""
     async with access.ctx.db.connect() as conn:
         return await history.message_with_history(conn, access.project.id, message_id)
+
+
+# --- event rules and events -------------------------------------------------------------------
+
+
+@router.get("/rules")
+async def list_rules(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+    async with access.ctx.db.connect() as conn:
+        rows = await rules_svc.list_rules(conn, access.project.id)
+    after = page.after()
+    rows = [r for r in rows if not after or r["name"] > after]
+    return page.page(rows[: page.limit + 1], lambda r: r["name"])
+
+
+@router.put("/rules/{name}")
+async def put_rule(name: Annotated[str, Path(max_length=100)], body: RuleBody, access: Developer) -> dict[str, Any]:
+    """A domain event (e.g. ``community.comment_created``) becomes a templated notification to
+    the user named by ``recipient_field``, with optional delay, digest window and deep link."""
+    async with access.ctx.db.transaction() as conn:
+        rule = await rules_svc.put_rule(conn, access.project.id, name, body.model_dump())
+        await _audit(access, conn, "push.rule.put", "push_rule", name, body.model_dump())
+    return rule
+
+
+@router.delete("/rules/{name}", status_code=204)
+async def delete_rule(name: str, access: Developer) -> None:
+    async with access.ctx.db.transaction() as conn:
+        await rules_svc.delete_rule(conn, access.project.id, name)
+        await _audit(access, conn, "push.rule.delete", "push_rule", name)
+
+
+@router.post("/events", status_code=202)
+async def post_event(
+    body: EventBody,
+    access: Developer,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> dict[str, Any]:
+    """The app backend reports a domain event; matching rules turn it into sends."""
+    async with access.ctx.db.transaction() as conn:
+        result = await rules_svc.handle_event(
+            conn,
+            access.ctx,
+            access.project.id,
+            body.event,
+            body.properties,
+            body.idempotency_key or idempotency_key,
+            created_by=access.actor.label or access.actor.id,
+        )
+    if result["sends"]:
+        sending.wake_worker(access.ctx)
+    return result
+
+
+# --- deep links -------------------------------------------------------------------------------
+
+
+@router.get("/links/routes")
+async def list_link_routes(access: Viewer) -> dict[str, Any]:
+    async with access.ctx.db.connect() as conn:
+        return {"data": await links.list_routes(conn, access.project.id)}
+
+
+@router.put("/links/routes/{name}")
+async def put_link_route(name: str, body: LinkRouteBody, access: Developer) -> dict[str, Any]:
+    async with access.ctx.db.transaction() as conn:
+        route = await links.put_route(conn, access.project.id, name, body.template)
+        await _audit(access, conn, "push.link_route.put", "push_link_route", name, {"template": body.template})
+    return route
+
+
+@router.delete("/links/routes/{name}", status_code=204)
+async def delete_link_route(name: str, access: Developer) -> None:
+    async with access.ctx.db.transaction() as conn:
+        await links.delete_route(conn, access.project.id, name)
+        await _audit(access, conn, "push.link_route.delete", "push_link_route", name)
+
+
+@router.post("/links")
+async def generate_link(body: LinkGenerate, access: Developer) -> dict[str, Any]:
+    """A signed, expiring deep link for a route and its parameters, with tracking parameters."""
+    async with access.ctx.db.connect() as conn:
+        return await links.generate(
+            conn,
+            access.ctx,
+            access.project.id,
+            body.route,
+            body.params,
+            campaign=body.campaign,
+            source=body.source,
+            ttl_hours=body.ttl_hours,
+        )
+
+
+# --- analytics ---------------------------------------------------------------------------------
+
+
+@router.get("/analytics")
+async def get_analytics(
+    access: Viewer,
+    group_by: Annotated[str, Query(pattern="^(campaign|category|template)$")] = "campaign",
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """The funnel sent → delivered → opened per campaign, category or template, with open
+    rate, median time to open, opt-outs (categories) and link engagement (campaigns)."""
+    if since is not None and since.tzinfo is None:
+        raise BadRequest("since needs a timezone offset, e.g. 2026-01-01T00:00:00Z")
+    async with access.ctx.db.connect() as conn:
+        return {
+            "group_by": group_by,
+            "total": await push_analytics.overview(conn, access.project.id, since),
+            "data": await push_analytics.funnel(conn, access.project.id, group_by, since, limit),
+        }
+
+
+@router.get("/health")
+async def get_provider_health(access: Viewer) -> dict[str, Any]:
+    """Per provider: circuit state, credentials configured or paused, sent/failed in 24 h."""
+    from datetime import timedelta
+
+    from shipyard.core.db import utcnow
+
+    async with access.ctx.db.connect() as conn:
+        since = utcnow() - timedelta(hours=24)
+        return {"data": await push_analytics.provider_health(conn, access.ctx, access.project.id, since)}

@@ -14,9 +14,12 @@ import httpx
 
 def _client(server: str | None, key: str | None) -> httpx.Client:
     server = server or os.environ.get("SHIPYARD_URL") or "http://127.0.0.1:8000"
-    key = key or os.environ.get("SHIPYARD_SECRET_KEY")
+    # SHIPYARD_KEY as `shipyard updates` uses it; SHIPYARD_SECRET_KEY only when it holds a
+    # project key (on a server host that variable is the server's own secret).
+    legacy = os.environ.get("SHIPYARD_SECRET_KEY", "")
+    key = key or os.environ.get("SHIPYARD_KEY") or (legacy if legacy.startswith("sk_") else None)
     if not key or not key.startswith("sk_"):
-        raise click.UsageError("give the project's secret key with --key or SHIPYARD_SECRET_KEY (sk_…)")
+        raise click.UsageError("give the project's secret key with --key or SHIPYARD_KEY (sk_…)")
     return httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
@@ -37,7 +40,7 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 
 def _options(fn: Any) -> Any:
     fn = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")(fn)
-    fn = click.option("--key", default=None, help="Secret key (default: SHIPYARD_SECRET_KEY).")(fn)
+    fn = click.option("--key", default=None, help="Project secret key sk_… (default: SHIPYARD_KEY).")(fn)
     fn = click.option("--server", default=None, help="Server URL (default: SHIPYARD_URL or http://127.0.0.1:8000).")(fn)
     fn = click.option("--project", required=True, help="Project id or slug.")(fn)
     return fn
@@ -166,6 +169,24 @@ def cancel_cmd(project: str, server: str | None, key: str | None, as_json: bool,
         click.echo(json.dumps(result, indent=2, default=str))
         return
     click.echo(f"send {send_id} cancelled; {result['dropped_messages']} queued messages dropped")
+
+
+@push.command("status")
+@_options
+@click.argument("send_id", type=int)
+def status_cmd(project: str, server: str | None, key: str | None, as_json: bool, send_id: int) -> None:
+    """A send's delivery funnel: sent, delivered, opened, failed (with reasons)."""
+    with _client(server, key) as client:
+        result = _call(client, "GET", f"/api/v1/projects/{project}/push/sends/{send_id}")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    f = result["funnel"]
+    click.echo(f"send {send_id}: {result['status']}, {f['messages']} messages")
+    for stage in ("sent", "delivered", "opened", "failed", "suppressed", "pending"):
+        click.echo(f"  {stage:<10} {f[stage]}")
+    for failure in f["failures"]:
+        click.echo(f"  {failure['count']}x {failure['reason']}")
 
 
 def _json_arg(name: str, value: str) -> Any:

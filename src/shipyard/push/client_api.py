@@ -16,8 +16,15 @@ from shipyard.core.deps import actor_for, client_project, get_ctx
 from shipyard.core.errors import BadRequest
 from shipyard.core.projects import Project
 from shipyard.push import devices as devices_svc
-from shipyard.push import history, prefs
-from shipyard.push.schemas import DeviceRegister, Engagement, PreferencesBody, TopicBody
+from shipyard.push import history, links, prefs
+from shipyard.push.schemas import (
+    DeviceRegister,
+    Engagement,
+    LinkEngagement,
+    LinkValidate,
+    PreferencesBody,
+    TopicBody,
+)
 from shipyard.push.userauth import resolve_user
 
 router = APIRouter(prefix="/push/v1", tags=["push (app)"])
@@ -145,3 +152,18 @@ async def report_engagement(body: Engagement, project: AppProject, ctx: CtxDep) 
     """The app reports a notification received or opened, with the id from ``data._sid``."""
     async with ctx.db.transaction() as conn:
         return await history.record_engagement(conn, project.id, body.message_id, body.event)
+
+
+@router.post("/links/validate")
+async def validate_link(body: LinkValidate, project: AppProject, ctx: CtxDep) -> dict[str, Any]:
+    """Whether a deep link is authentic (signed by this server for this project), unexpired
+    and points at a registered route; with the route's parameters when it is."""
+    async with ctx.db.connect() as conn:
+        return await links.validate(conn, ctx, project.id, body.url)
+
+
+@router.post("/links/engagement")
+async def link_engagement(body: LinkEngagement, project: AppProject, ctx: CtxDep) -> dict[str, Any]:
+    """The app reports what happened when it followed a link: success, failure or ignored."""
+    async with ctx.db.transaction() as conn:
+        return await links.record_engagement(conn, ctx, project.id, body.url, body.outcome, body.source, body.user_id)

@@ -101,6 +101,12 @@ class ExpoCredentials(Strict):
 
 class FcmCredentials(Strict):
     service_account: dict[str, Any] = Field(description="The Firebase service-account JSON.")
+    experience_id: str | None = Field(
+        None,
+        max_length=200,
+        description="`@owner/slug` of the Expo project: sent as experienceId/scopeKey, which "
+        "expo-notifications expects in direct FCM data payloads.",
+    )
 
 
 class ApnsCredentials(Strict):
