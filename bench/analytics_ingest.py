@@ -89,7 +89,7 @@ async def stored_events(database_url: str | None, data_dir: Path) -> int:
     from shipyard.core.db import Database
     from shipyard.settings import Settings
 
-    settings = Settings(data_dir=data_dir, **({'database_url': database_url} if database_url else {}))
+    settings = Settings(data_dir=data_dir, **({"database_url": database_url} if database_url else {}))
     db = Database(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     try:
         async with db.connect() as conn:
@@ -143,7 +143,7 @@ async def raw_inserts(database_url: str | None, data_dir: Path, batches: list[li
     from shipyard.core.db import Database
     from shipyard.settings import Settings
 
-    settings = Settings(data_dir=data_dir, **({'database_url': database_url} if database_url else {}))
+    settings = Settings(data_dir=data_dir, **({"database_url": database_url} if database_url else {}))
     db = Database(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     latencies = []
     inserted = 0
@@ -225,7 +225,9 @@ def main() -> None:
         f"acknowledged {http['events']} events, {http['stored']} rows stored"
         f" ({'all durable' if http['stored'] == http['events'] else 'MISMATCH'}); errors {http['errors'] or 'none'}"
     )
-    print(f"ratio shipyard/raw: {http['events_per_s'] / raw['events_per_s']:.2f}; target {TARGET_EVENTS_PER_S} events/s")
+    print(
+        f"ratio shipyard/raw: {http['events_per_s'] / raw['events_per_s']:.2f}; target {TARGET_EVENTS_PER_S} events/s"
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def generate(project_id: int, n_events: int, n_users: int, last_day: date, rng: 
             seq += 1
             screen = rng.choice(SCREENS) if name == "$screen" else None
             kind = "screen" if screen else "track"
-            props = '{"plant_id": "p%d"}' % seq if name in ("plant_created", "care_task_completed") else "{}"
+            props = f'{{"plant_id": "p{seq}"}}' if name in ("plant_created", "care_task_completed") else "{}"
             chunk.append(
                 (project_id, f"m{seq}", kind, name, screen, user, user, None, ts, ts, None, props, CONTEXT, None)
             )
@@ -86,7 +86,9 @@ def generate(project_id: int, n_events: int, n_users: int, last_day: date, rng: 
         yield chunk
 
 
-async def load_data(data_dir: Path, database_url: str | None, project_id: int, args: Any, last_day: date) -> dict[str, float]:
+async def load_data(
+    data_dir: Path, database_url: str | None, project_id: int, args: Any, last_day: date
+) -> dict[str, float]:
     from shipyard.analytics.ingest import insert_event_rows
     from shipyard.analytics.rollups import run_rollup
     from shipyard.core.context import Context
@@ -198,7 +200,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return
-    print(f"{args.events:,} events from {args.users:,} users over 10 weeks; times over HTTP, target < {TARGET_SECONDS} s")
+    print(
+        f"{args.events:,} events from {args.users:,} users over 10 weeks; times over HTTP, target < {TARGET_SECONDS} s"
+    )
     for kind, r in out.items():
         load = r["load"]
         print(
