@@ -84,9 +84,7 @@ async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[
         chunk = keys[start : start + 500]
         for table in (*_HISTORY_TABLES, aliases):
             rows = await conn.execute(
-                select(table.c.user_key)
-                .where(table.c.project_id == project_id, table.c.user_key.in_(chunk))
-                .distinct()
+                select(table.c.user_key).where(table.c.project_id == project_id, table.c.user_key.in_(chunk)).distinct()
             )
             found.update(r[0] for r in rows)
     return found
