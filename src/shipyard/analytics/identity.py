@@ -74,6 +74,75 @@ async def link(conn: AsyncConnection, project_id: int, alias: str, user_key: str
     return target, True
 
 
+_HISTORY_TABLES = (events, daily_users, users, consents, consent_history, group_members)
+
+
+async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[str]) -> set[str]:
+    """Which of ``keys`` have anything stored under them (an alias pointing at them included)."""
+    found: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for table in (*_HISTORY_TABLES, aliases):
+            rows = await conn.execute(
+                select(table.c.user_key).where(table.c.project_id == project_id, table.c.user_key.in_(chunk)).distinct()
+            )
+            found.update(r[0] for r in rows)
+    return found
+
+
+async def link_many(conn: AsyncConnection, project_id: int, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``link`` for many (alias, user) pairs at once, with the same first-wins semantics.
+
+    The common case at ingest — a device's first messages after login, carrying both
+    ids, with nothing stored under the anonymous id yet — costs a handful of statements
+    per batch instead of a dozen per pair; only aliases with a history are merged one
+    by one. Returns (alias, the user it belongs to) for every pair that has a link now."""
+    wanted: dict[str, str] = {}
+    for alias, user_key in pairs:
+        if alias != user_key and alias not in wanted:
+            wanted[alias] = user_key
+    if not wanted:
+        return []
+    if set(wanted) & set(wanted.values()):
+        # Chains inside one batch (a→b and b→c): order matters, link one by one.
+        linked = []
+        for alias, user_key in wanted.items():
+            target, _merged = await link(conn, project_id, alias, user_key)
+            if target is not None:
+                linked.append((alias, target))
+        return linked
+    existing = await resolve(conn, project_id, sorted(set(wanted) | set(wanted.values())))
+    result: list[tuple[str, str]] = []
+    new: dict[str, str] = {}
+    for alias, user_key in wanted.items():
+        if alias in existing:
+            result.append((alias, existing[alias]))
+            continue
+        target = existing.get(user_key, user_key)
+        if target != alias:
+            new[alias] = target
+    if not new:
+        return result
+    now = utcnow()
+    await conn.execute(
+        dialect_insert(conn, aliases).on_conflict_do_nothing(index_elements=["project_id", "alias"]),
+        [{"project_id": project_id, "alias": a, "user_key": t, "created_at": now} for a, t in new.items()],
+    )
+    # Another process may have linked some of them first: theirs wins, nothing to merge.
+    owners = await resolve(conn, project_id, list(new))
+    mine = {a: t for a, t in new.items() if owners.get(a) == t}
+    result.extend((a, owners[a]) for a in new if a in owners)
+    for alias in await _keys_with_history(conn, project_id, list(mine)):
+        target = mine[alias]
+        await conn.execute(
+            update(aliases)
+            .where(aliases.c.project_id == project_id, aliases.c.user_key == alias)
+            .values(user_key=target)
+        )
+        await merge(conn, project_id, alias, target)
+    return result
+
+
 async def merge(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
     """Move everything stored under ``source`` to ``target``."""
     await conn.execute(

@@ -290,15 +290,7 @@ class _Batch:
 
         async def work(conn: AsyncConnection) -> tuple[int, list[tuple[str, str]]]:
             stored = await insert_event_rows(conn, rows)
-            links = []
-            seen: set[str] = set()
-            for alias, user in ops.links:
-                if alias in seen:
-                    continue
-                seen.add(alias)
-                target, _merged = await identity.link(conn, project_id, alias, user)
-                if target is not None:
-                    links.append((alias, target))
+            links = await identity.link_many(conn, project_id, ops.links)
             for key, traits, device, ts_ms, identified in ops.traits:
                 await identity.set_traits(
                     conn, project_id, key, traits, device=device, seen_ms=ts_ms, identified=identified
