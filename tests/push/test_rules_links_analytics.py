@@ -201,7 +201,8 @@ async def test_deep_links_are_signed_expire_and_engagement_is_counted_per_campai
     base, _, _ = stale.partition("&sy_exp=")
     past = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
     unsigned = f"{base}&sy_exp={past}"
-    stale = f"{unsigned}&sy_sig={links._sign(ctx, project['id'], unsigned)}"
+    async with ctx.db.connect() as conn:
+        stale = f"{unsigned}&sy_sig={await links._sign(conn, ctx, project['id'], unsigned)}"
     assert (await validate(stale))["reason"] == "the link has expired"
     assert (await validate(expired.json()["url"]))["valid"]
     await admin(client, project, "DELETE", "/links/routes/plant")

@@ -24,7 +24,7 @@ from sqlalchemy import desc, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core.context import Context
-from shipyard.core.crypto import derive_key
+from shipyard.core.crypto import derive_key, stored_server_key
 from shipyard.core.db import insert_ignore, utcnow
 from shipyard.core.models import audit_checkpoints, audit_log, server_keys
 
@@ -80,32 +80,15 @@ MAC_KEY_NAME = "audit-mac"
 
 
 async def mac_key(conn: AsyncConnection, ctx: Context) -> bytes:
-    """The chain's HMAC key: stored (encrypted with the server secret) in ``server_keys``.
+    """The chain's HMAC key, kept by :func:`stored_server_key` so the whole chain verifies
+    across rotations of the server secret without keeping old secrets configured.
 
-    It is initialised from the server secret the first time it is needed, so chains written
-    before it was stored keep verifying, and it stays the same key when the server secret is
-    rotated (``shipyard secrets rotate`` only re-encrypts it): the whole chain verifies
-    across rotations without keeping old secrets configured.
+    It starts as the key derived from the server secret, so chains written before it was
+    stored keep verifying.
     """
-    cached = ctx.extras.get("audit_mac_key")
-    if cached is not None:
-        return bytes(cached)
-    query = select(server_keys.c.value).where(server_keys.c.name == MAC_KEY_NAME)
-    stored = (await conn.execute(query)).scalar()
-    if stored is None:
-        initial = base64.b64encode(derive_key(ctx.settings.resolved_secret_key, "mac")).decode()
-        await conn.execute(
-            insert_ignore(
-                conn,
-                server_keys,
-                {"name": MAC_KEY_NAME, "value": ctx.box.encrypt(initial), "created_at": utcnow()},
-                conflict_columns=["name"],
-            )
-        )
-        stored = (await conn.execute(query)).scalar_one()
-    key = base64.b64decode(ctx.box.decrypt(stored))
-    ctx.extras["audit_mac_key"] = key
-    return key
+    return await stored_server_key(
+        conn, ctx, MAC_KEY_NAME, initial=lambda: derive_key(ctx.settings.resolved_secret_key, "mac")
+    )
 
 
 def _chain_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:

@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shipyard.core.db import insert_ignore, utcnow
+from shipyard.core.models import server_keys
+
+if TYPE_CHECKING:
+    from shipyard.core.context import Context
 
 PREFIX = "v1:"
 
@@ -56,3 +67,27 @@ class SecretBox:
 def sha256_hex(value: str | bytes) -> str:
     data = value.encode() if isinstance(value, str) else value
     return hashlib.sha256(data).hexdigest()
+
+
+async def stored_server_key(
+    conn: AsyncConnection, ctx: Context, name: str, initial: Callable[[], bytes] | None = None
+) -> bytes:
+    """A named server-wide key (HMAC keys for the audit chain, signed links…).
+
+    Kept in ``server_keys`` encrypted with the server secret, so it survives a rotation of
+    that secret (``shipyard secrets rotate`` only re-encrypts it) and every process of a
+    deployment shares it. Created on first use, from ``initial`` or 32 random bytes; two
+    processes racing to create it agree on the first one written.
+    """
+    cache: dict[str, bytes] = ctx.extras.setdefault("server_keys", {})
+    if name in cache:
+        return cache[name]
+    query = select(server_keys.c.value).where(server_keys.c.name == name)
+    stored = (await conn.execute(query)).scalar()
+    if stored is None:
+        value = initial() if initial is not None else secrets.token_bytes(32)
+        row = {"name": name, "value": ctx.box.encrypt(base64.b64encode(value).decode()), "created_at": utcnow()}
+        await conn.execute(insert_ignore(conn, server_keys, row, conflict_columns=["name"]))
+        stored = (await conn.execute(query)).scalar_one()
+    key = cache[name] = base64.b64decode(ctx.box.decrypt(stored))
+    return key

@@ -10,6 +10,7 @@ before it, keyed by the server's secret and the project).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -21,6 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core.context import Context
+from shipyard.core.crypto import stored_server_key
 from shipyard.core.db import upsert, utcnow
 from shipyard.core.errors import BadRequest, NotFound
 from shipyard.push.models import link_engagements, link_routes
@@ -85,8 +87,11 @@ async def delete_route(conn: AsyncConnection, project_id: int, name: str) -> Non
         raise NotFound("link route")
 
 
-def _sign(ctx: Context, project_id: int, unsigned: str) -> str:
-    return ctx.box.mac(f"push-link:{project_id}:{unsigned}".encode())[:32]
+async def _sign(conn: AsyncConnection, ctx: Context, project_id: int, unsigned: str) -> str:
+    # A stored key rather than one derived from the server secret: links already sent in
+    # notifications keep validating after the secret is rotated.
+    key = await stored_server_key(conn, ctx, "push-links")
+    return hmac.new(key, f"{project_id}:{unsigned}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 async def generate(
@@ -119,7 +124,7 @@ async def generate(
         query.append(("sy_c", campaign))
     query += [("sy_s", source), ("sy_exp", str(int(expires.timestamp())))]
     unsigned = f"{base}?{urlencode(query)}"
-    url = f"{unsigned}&sy_sig={_sign(ctx, project_id, unsigned)}"
+    url = f"{unsigned}&sy_sig={await _sign(conn, ctx, project_id, unsigned)}"
     return {"url": url, "link_id": link_id, "route": route, "campaign": campaign, "expires_at": expires}
 
 
@@ -137,7 +142,7 @@ async def validate(conn: AsyncConnection, ctx: Context, project_id: int, url: st
         result["reason"] = "the link is not signed"
         return result
     unsigned = url[: -len(f"&sy_sig={sig}")]
-    if not hmac.compare_digest(sig, _sign(ctx, project_id, unsigned)):
+    if not hmac.compare_digest(sig, await _sign(conn, ctx, project_id, unsigned)):
         result["reason"] = "the signature does not match (tampered or from another project)"
         return result
     try:
