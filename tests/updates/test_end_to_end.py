@@ -171,6 +171,13 @@ async def test_other_features_signals_join_the_policy(
         assert actions and actions[0]["outcome"] == "halted"
         assert "test_crash_free_sessions" in actions[0]["reasons"][0]
         assert (ids(second)["ios"], v1["ios"]) in seen
+        listed = (await client.get(f"{base}/signals", headers=headers)).json()["data"]
+        assert {"failed_launch_rate", "test_crash_free_sessions"} <= set(listed)
+        # A misspelt signal would never trip: refused, naming the ones that exist.
+        typo = {"rules": {"crash_free_sesions": {"min": 0.98}}}
+        refused = await client.put(f"{base}/policies/production", json=typo, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unknown_signal"
+        assert "test_crash_free_sessions" in refused.json()["error"]["message"]
     finally:
         signals._signals.pop("test_crash_free_sessions", None)
 

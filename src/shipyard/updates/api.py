@@ -17,6 +17,7 @@ from shipyard.core.bodies import decode_body
 from shipyard.core.deps import Admin, Developer, Viewer
 from shipyard.core.errors import ApiError, NotFound
 from shipyard.core.pagination import PageParams
+from shipyard.core.signals import signal_names
 from shipyard.updates import policy as policy_mod
 from shipyard.updates import service, signing, telemetry
 from shipyard.updates.models import updates as updates_table
@@ -409,6 +410,11 @@ async def update_insights(update_id: str, access: Viewer) -> dict[str, Any]:
             "top_fatal_errors": await telemetry.top_fatal_errors(conn, access.project.id, update_id),
             "adoption": [{"hour": h, "devices": n} for h, n in await telemetry.adoption_series(conn, update_id)],
         }
+
+
+@router.get("/signals", summary="Health signals a rollout policy can set thresholds on")
+async def policy_signals(access: Viewer) -> dict[str, Any]:
+    return {"data": signal_names()}
 
 
 @router.get("/policies/{channel}")

@@ -481,6 +481,7 @@ def _print_signing(result: dict[str, Any], output_path: Path | None) -> None:
         err=True,
     )
     if output_path is not None:
+        output_path.parent.mkdir(parents=True, exist_ok=True)  # e.g. ./certs/ in a fresh app
         output_path.write_text(result["certificate_pem"])
         click.echo(f"certificate written to {output_path}", err=True)
     else:

@@ -20,7 +20,7 @@ from shipyard.core.audit import Actor
 from shipyard.core.context import Context
 from shipyard.core.db import utcnow
 from shipyard.core.errors import BadRequest
-from shipyard.core.signals import SignalReading, read_signals, register_signal
+from shipyard.core.signals import SignalReading, read_signals, register_signal, signal_names
 from shipyard.updates import cache, service, telemetry
 from shipyard.updates.models import channels, deployments, policies, rollouts, updates
 
@@ -80,6 +80,13 @@ async def set_policy(
     conn: AsyncConnection, ctx: Context, actor: Actor, project_id: int, channel: str, policy: Policy
 ) -> dict[str, Any]:
     policy.check()
+    unknown = sorted(set(policy.rules) - set(signal_names()))
+    if unknown:
+        # A misspelt signal would never trip: refuse it and say which signals exist.
+        raise BadRequest(
+            f"no health signal named {', '.join(map(repr, unknown))}; registered signals: " + ", ".join(signal_names()),
+            code="unknown_signal",
+        )
     await service.ensure_defaults(conn, project_id)
     chan = await service.channel_row(conn, project_id, channel)
     values = {**asdict(policy), "updated_at": utcnow()}

@@ -173,6 +173,12 @@ class Resolver:
                 await ensure_defaults(conn, project_id)
                 chans = await self._channels(conn, project_id)
         settings = dict(row.settings or {})
+        previous = self.projects.get(project_id)
+        # Signed bodies depend only on the (immutable) update and the signer: keep them across
+        # reloads while the key is the same, so expiry does not mean re-signing every manifest.
+        bodies = previous.bodies if previous is not None and previous.signer is signer else {}
+        if len(bodies) > 5_000:
+            bodies = {}
         state = ProjectState(
             project_id=project_id,
             default_channel=str(settings.get("updates_default_channel") or "production"),
@@ -180,6 +186,7 @@ class Resolver:
             signer=signer,
             expires=time.monotonic() + self._ttl(),
             generation=generation,
+            bodies=bodies,
         )
         if len(self.projects) > MAX_ENTRIES:
             self.projects.clear()

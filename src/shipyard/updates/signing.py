@@ -11,6 +11,7 @@ and extended key usage codeSigning, both critical.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -204,8 +205,23 @@ async def load_signer(conn: AsyncConnection, ctx: Context, project_id: int) -> S
     ).first()
     if row is None:
         return None
-    key = _load_private_key(ctx.box.decrypt(row.private_key_enc))
-    return Signer(row.keyid, key, row.certificate_pem, row.chain_pem)
+    # Decrypting and parsing an RSA key costs milliseconds of CPU on the event loop; the
+    # manifest cache reloads a project every few seconds, so keep the parsed key per key row.
+    cache: dict[Any, Signer] = ctx.extras.setdefault("updates_signers", {})
+    ident = (
+        project_id,
+        row.id,
+        row.keyid,
+        hashlib.sha256(str(row.private_key_enc).encode()).hexdigest(),
+        row.chain_pem,
+    )
+    found = cache.get(ident)
+    if found is None:
+        key = _load_private_key(ctx.box.decrypt(row.private_key_enc))
+        if len(cache) > 1000:
+            cache.clear()
+        found = cache[ident] = Signer(row.keyid, key, row.certificate_pem, row.chain_pem)
+    return found
 
 
 async def remove_key(conn: AsyncConnection, project_id: int) -> bool:
