@@ -86,9 +86,11 @@ def test_sentry_sdk_errors_messages_transactions_and_sessions(live_server: LiveS
         except CartEmpty:
             sentry_sdk.capture_exception()
         sentry_sdk.capture_message("payment provider answered 503 after 30 s", level="warning")
-        with sentry_sdk.start_transaction(op="http.server", name="POST /checkout") as txn:
-            with txn.start_child(op="db", description="SELECT cart"):
-                time.sleep(0.01)
+        with (
+            sentry_sdk.start_transaction(op="http.server", name="POST /checkout") as txn,
+            txn.start_child(op="db", description="SELECT cart"),
+        ):
+            time.sleep(0.01)
         scope.end_session()
         # Session 2: an unhandled crash (a different call path: another issue) ends it crashed.
         scope.start_session(session_mode="application")
