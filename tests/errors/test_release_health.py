@@ -15,7 +15,7 @@ from shipyard.core.context import Context
 from shipyard.core.db import utcnow
 from shipyard.updates import policy as updates_policy
 from tests.conftest import admin_headers
-from tests.errors.helpers import envelope, post, process
+from tests.errors.helpers import envelope, error_event, event_envelope, post, process
 from tests.updates.helpers import make_export, publish_export
 
 
@@ -111,6 +111,18 @@ async def test_crash_free_rates_per_ota_update(
         entry["crashed"] += r["sessions_crashed"]
     assert by_update[good] == {"sessions": 10, "crashed": 1}
     assert by_update[bad] == {"sessions": 5, "crashed": 2}
+    # Events name their update the same way: a crash in the bad update is counted against it.
+    crash = error_event(release=release_for(bad))
+    assert (await post(client, project, event_envelope(crash))).status_code == 200
+    await process(ctx)
+    by_update_events = (
+        await client.get(
+            f"/api/v1/projects/{project['id']}/errors/breakdowns",
+            params={"by": "update_id"},
+            headers=admin_headers(project),
+        )
+    ).json()
+    assert [(r["value"], r["events"]) for r in by_update_events["data"]] == [(bad, 1)], by_update_events
     reading = await signals.read_signals(ctx, project["id"], bad, good, utcnow() - timedelta(hours=1))
     crash_free = reading["crash_free_sessions"]
     assert crash_free.value == 0.6 and crash_free.sample_size == 5
