@@ -471,7 +471,7 @@ def main() -> None:
         f"grouped: {s['grouped_during_load_per_s']:.0f} events/s during the load; backlog of "
         f"{s['backlog_at_end']} envelopes drained in {s['drain_seconds']:.1f} s ({drain}); overall "
         f"{s['grouped_overall_per_s']:.0f}/s; {s['grouped_total']} events in {s['issues']} issues; "
-        f"accepted but not grouped: {s['lost']}; failed envelopes: {s['failed_envelopes']}"
+        f"acknowledged but not on an issue: {max(0, s['lost'])}; failed envelopes: {s['failed_envelopes']}"
     )
 
 
