@@ -7,6 +7,7 @@ floats). Everything downstream (scrubbing, grouping, storage, the UI) sees one s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -262,7 +263,15 @@ def _facts(
         title = _str(event.get("transaction"), 500) or "<unlabeled event>"
         error_type = None
     ota = obj(contexts.get("ota_updates"))
-    update_id = _str(tags.get(OTA_TAG_UPDATE), 64) or _str(ota.get("update_id"), 64)
+    # The SDK's tag or context first; else an update id (a UUID) inside the release (Sentry's
+    # suggested `name@version+build#channel:updateId` for Expo) or the dist (legacy sentry-expo's
+    # `dist = Updates.updateId`), the same attribution release health applies to sessions.
+    update_id = (
+        _str(tags.get(OTA_TAG_UPDATE), 64)
+        or _str(ota.get("update_id"), 64)
+        or _uuid_in(_str(event.get("release"), 250))
+        or _uuid_in(_str(event.get("dist"), 64))
+    )
     channel = _str(tags.get(OTA_TAG_CHANNEL), 100) or _str(ota.get("channel"), 100)
     runtime = _str(tags.get(OTA_TAG_RUNTIME), 100) or _str(ota.get("runtime_version"), 100)
     handled = _handled(exceptions)
@@ -288,6 +297,14 @@ def _facts(
         user_ident=user_ident(user),
         tags=tags,
     )
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _uuid_in(value: str | None) -> str | None:
+    match = _UUID.search(value) if value else None
+    return match.group(0).lower() if match else None
 
 
 def breakdown_tags(facts: EventFacts) -> dict[str, str]:
