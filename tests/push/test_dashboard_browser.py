@@ -141,6 +141,15 @@ def _exercise(server: LiveServer, creds: dict[str, Any], fake: FakeExpo) -> None
         page.wait_for_load_state()
         assert page.locator("#send-status").inner_text() == "cancelled"
 
+        page.click("#push-nav >> text=Messages")
+        page.wait_for_url("**/push/messages")
+        page.fill("#message-search input[name=user_id]", "grower-1")
+        page.click("#message-search button")
+        page.wait_for_url("**user_id=grower-1")
+        texts = page.locator("#user-messages tbody").inner_text()
+        # The cancelled scheduled send never fanned out: only the delivered (and opened) one.
+        assert "Water Blue Dream" in texts and "opened" in texts and "Weekly tips" not in texts
+
         page.click("#push-nav >> text=Devices")
         page.wait_for_url("**/push/devices")
         assert page.locator("#devices tbody tr").count() == 3

@@ -289,3 +289,30 @@ async def test_fcm_credentials_take_the_expo_experience_id(client: httpx.AsyncCl
     r = await admin(client, project, "PUT", "/credentials/fcm", json=body)
     assert r.status_code == 200 and r.json()["meta"]["experience_id"] == "@canabro/canabro", r.text
     assert "private_key" not in r.text
+
+
+async def test_a_rules_own_digest_window_collapses_its_events(
+    ctx: Context, client: httpx.AsyncClient, project: dict[str, Any], expo: FakeExpo
+) -> None:
+    r = await admin(
+        client, project, "PUT", "/templates/like", json={"texts": {"en": {"title": "{who} liked your photo"}}}
+    )
+    assert r.status_code == 200
+    await register(client, project, expo_token("liked"), user_id="photographer")
+    r = await admin(
+        client,
+        project,
+        "PUT",
+        "/rules/likes",
+        json={"event": "community.like", "template": "like", "digest_window_seconds": 300},
+    )
+    assert r.status_code == 200
+    for who in ("ana", "ben", "cy", "dee"):
+        event = {"event": "community.like", "properties": {"user_id": "photographer", "who": who}}
+        assert (await admin(client, project, "POST", "/events", json=event)).status_code == 202
+    await run_jobs(ctx)
+    assert expo.received == []
+    await time_passes(ctx)
+    await run_jobs(ctx)
+    assert len(expo.received) == 1
+    assert expo.received[0]["body"] == "4 new notifications" and expo.received[0]["data"]["digest_count"] == 4

@@ -31,6 +31,7 @@ async def push_page(request: Request, access: Viewer) -> HTMLResponse:
         total = await analytics.overview(conn, project_id)
         health = await analytics.provider_health(conn, access.ctx, project_id, utcnow() - timedelta(hours=24))
         campaigns = await analytics.funnel(conn, project_id, "campaign", limit=20)
+        by_category = await analytics.funnel(conn, project_id, "category", limit=50)
         recent = [
             dict(r._mapping)
             for r in await conn.execute(
@@ -51,6 +52,7 @@ async def push_page(request: Request, access: Viewer) -> HTMLResponse:
         funnel_bars=funnel_bars,
         health=health,
         campaigns=campaigns,
+        by_category=by_category,
         sends=recent,
         device_count=device_count,
     )
@@ -102,6 +104,24 @@ async def cancel_send(request: Request, send_id: int, access: Developer) -> Resp
             details={"dropped_messages": dropped, "via": "dashboard"},
         )
     return RedirectResponse(f"/projects/{access.project.slug}/push/sends/{send_id}", status_code=303)
+
+
+@router.get("/projects/{project}/push/messages")
+async def messages_page(
+    request: Request, access: Viewer, user_id: Annotated[str | None, Query(max_length=200)] = None
+) -> HTMLResponse:
+    """Message search by user: every notification a user was sent, with its status and reason."""
+    rows = []
+    if user_id:
+        stmt = (
+            select(messages)
+            .where(messages.c.project_id == access.project.id, messages.c.user_id == user_id)
+            .order_by(messages.c.created_at.desc())
+            .limit(200)
+        )
+        async with access.ctx.db.connect() as conn:
+            rows = [history.message_view(dict(r._mapping)) for r in await conn.execute(stmt)]
+    return await render(request, access, "push/messages.html", rows=rows, user_id=user_id or "")
 
 
 @router.get("/projects/{project}/push/devices")

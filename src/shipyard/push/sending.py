@@ -397,12 +397,14 @@ async def fanout(ctx: Context, send_id: int, occurrence: str) -> dict[str, int]:
                 "created_at": now,
             }
         )
-    for chunk in _chunks(rows, 2000):
+    chunks = _chunks(rows, 2000) or [[]]
+    for index, chunk in enumerate(chunks):
         async with ctx.db.transaction() as conn:
             if window:
                 await _apply_digests(conn, chunk, int(window), now)
             await write_messages(conn, ctx, project_id, chunk)
-    await _after_fanout(ctx, send, occurrence, len(rows), now)
+            if index == len(chunks) - 1:  # the send's bookkeeping commits with its last messages
+                await _after_fanout(conn, send, occurrence, len(rows), now)
     wake_worker(ctx)
     return {"messages": len(rows)}
 
@@ -502,7 +504,9 @@ async def queue_deliveries(conn: AsyncConnection, ctx: Context, project_id: int,
             )
 
 
-async def _after_fanout(ctx: Context, send: dict[str, Any], occurrence: str, count: int, now: datetime) -> None:
+async def _after_fanout(
+    conn: AsyncConnection, send: dict[str, Any], occurrence: str, count: int, now: datetime
+) -> None:
     schedule = send["schedule"]
     values: dict[str, Any] = {"recipients": sends.c.recipients + count, "occurrences": sends.c.occurrences + 1}
     next_at = None
@@ -517,11 +521,10 @@ async def _after_fanout(ctx: Context, send: dict[str, Any], occurrence: str, cou
         values.update(status="done", finished_at=now, next_run_at=None)
     else:
         values.update(next_run_at=next_at)
-    async with ctx.db.transaction() as conn:
-        await conn.execute(
-            update(sends).where(and_(sends.c.id == send["id"], sends.c.status != "cancelled")).values(**values)
-        )
-        if next_at is not None and next_occurrence is not None:
-            current = (await conn.execute(select(sends.c.status).where(sends.c.id == send["id"]))).scalar()
-            if current != "cancelled":
-                await queue_fanout(conn, send["project_id"], send["id"], next_occurrence, next_at)
+    await conn.execute(
+        update(sends).where(and_(sends.c.id == send["id"], sends.c.status != "cancelled")).values(**values)
+    )
+    if next_at is not None and next_occurrence is not None:
+        current = (await conn.execute(select(sends.c.status).where(sends.c.id == send["id"]))).scalar()
+        if current != "cancelled":
+            await queue_fanout(conn, send["project_id"], send["id"], next_occurrence, next_at)
