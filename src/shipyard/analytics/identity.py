@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -82,11 +82,14 @@ async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[
     found: set[str] = set()
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
-        for table in (*_HISTORY_TABLES, aliases):
-            rows = await conn.execute(
-                select(table.c.user_key).where(table.c.project_id == project_id, table.c.user_key.in_(chunk)).distinct()
+        # One statement (a UNION over the tables) rather than one per table.
+        query = union(
+            *(
+                select(table.c.user_key).where(table.c.project_id == project_id, table.c.user_key.in_(chunk))
+                for table in (*_HISTORY_TABLES, aliases)
             )
-            found.update(r[0] for r in rows)
+        )
+        found.update(r[0] for r in await conn.execute(query))
     return found
 
 
