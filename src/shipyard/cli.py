@@ -205,12 +205,29 @@ def init(email: str, project_name: str, as_json: bool) -> None:
         print_credentials(creds)
 
 
+SETTINGS_DOC_HEADER = """# Settings
+
+Every setting is read from a `SHIPYARD_<NAME>` environment variable, or from a TOML file named by
+`SHIPYARD_CONFIG` (keys are the lower-case names, e.g. `public_url = "https://ship.example.com"`);
+the environment wins over the file. List values (such as `SHIPYARD_CORS_ORIGINS`) are JSON arrays.
+
+This file is generated from the settings registry (`src/shipyard/settings.py`);
+`tests/core/test_cli_help_docs.py` fails when a setting is missing here or its default differs.
+After adding or changing a setting, regenerate it:
+
+```console
+$ shipyard settings --markdown > docs/settings.md
+```
+"""
+
+
 @main.command("settings")
-@click.option("--markdown", is_flag=True, help="Print as a Markdown table (docs/settings.md).")
+@click.option("--markdown", is_flag=True, help="Print docs/settings.md: every setting as a Markdown table.")
 def settings_cmd(markdown: bool) -> None:
     """List every setting with its environment variable, default and meaning."""
     rows = describe_settings()
     if markdown:
+        click.echo(SETTINGS_DOC_HEADER)
         click.echo("| Environment variable | Default | What it does |\n|---|---|---|")
         for r in rows:
             default = json.dumps(r["default"], default=str)

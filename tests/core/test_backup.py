@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 
 from shipyard.cli import main
 from shipyard.core.blobs import LocalBlobStore
-from tests.conftest import LiveServer, run
+from tests.conftest import LiveServer
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +33,7 @@ def test_online_sqlite_backup_survives_losing_the_data(live_server: LiveServer) 
     assert made.returncode == 0, made.stderr
     project = json.loads(made.stdout)
     blob = b"bundle bytes " * 100
-    key = run(LocalBlobStore(data / "blobs").put(blob))
+    key = asyncio.run(LocalBlobStore(data / "blobs").put(blob))
 
     # Backed up while the server is running and answering.
     created = cli(env, "backup", "create", "--json")

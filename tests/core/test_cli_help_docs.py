@@ -110,7 +110,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
     documented = {
         m.group(1): m.group(2) for m in re.finditer(r"^\| `(SHIPYARD_[A-Z0-9_]+)` \| `(.*?)` \| .+\|$", text, re.M)
     }
-    regenerate = "regenerate the table with `shipyard settings --markdown`"
+    regenerate = "regenerate it with `shipyard settings --markdown > docs/settings.md`"
     for row in describe_settings():
         assert row["description"].strip(), f"{row['env']} has no description in settings.py"
         assert row["env"] in documented, f"{row['env']} is not in docs/settings.md: {regenerate}"
