@@ -193,9 +193,10 @@ async def list_issues(
     update_id: str | None = Query(None, max_length=64),
     q: str | None = Query(None, max_length=200),
     assignee: str | None = Query(None, max_length=320),
-    sort: str = Query("last_seen", max_length=16),
+    sort: str = Query("last_seen", max_length=16, description="last_seen, first_seen, events, users or impact"),
 ) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
+        active = await health.active_users(conn, access.project.id, _since(24)) if sort == "impact" else 0
         rows, cursor = await issues.list_issues(
             conn,
             access.project.id,
@@ -209,6 +210,7 @@ async def list_issues(
             sort=sort,
             limit=page.limit,
             after=page.after(),
+            active_users=active,
         )
         data = [await _issue_out(conn, r) for r in rows]
     next_cursor = base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=") if cursor else None
