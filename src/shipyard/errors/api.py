@@ -178,6 +178,19 @@ class RuleBody(BaseModel):
     severity: Literal["info", "warning", "error", "critical"] = "warning"
 
 
+class RuleChange(BaseModel):
+    """The fields to change; the kind of a rule is fixed (add another rule instead)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    threshold: float | None = Field(None, gt=0)
+    window_minutes: int | None = Field(None, ge=1, le=43200)
+    interval_minutes: int | None = Field(None, ge=1, le=43200)
+    min_count: int | None = Field(None, ge=0)
+    environment: str | None = Field(None, max_length=64, description="An empty string clears the filter.")
+    severity: Literal["info", "warning", "error", "critical"] | None = None
+    enabled: bool | None = None
+
+
 async def _issue_out(conn: Any, row: Any) -> dict[str, Any]:
     return await issues.describe_issue(conn, row)
 
@@ -429,6 +442,29 @@ async def create_rule(access: AdminRole, body: RuleBody) -> dict[str, Any]:
             resource_type="errors_alert_rule",
             resource_id=rule["id"],
             details=body.model_dump(),
+        )
+    return rule
+
+
+@admin.patch("/alert-rules/{rule_id}", summary="Change an alert rule (threshold, window, interval, enabled …)")
+async def update_rule(access: AdminRole, rule_id: int, body: RuleChange) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("environment") == "":
+        changes["environment"] = None
+    for name in ("name", "threshold", "window_minutes", "interval_minutes", "min_count", "severity", "enabled"):
+        if name in changes and changes[name] is None:
+            raise BadRequest(f"{name} cannot be null")
+    async with access.ctx.db.transaction() as conn:
+        rule = await alerting.update_rule(conn, access.project.id, rule_id, changes)
+        await audit.record(
+            conn,
+            access.ctx,
+            access.actor,
+            "errors.alert_rule.update",
+            project_id=access.project.id,
+            resource_type="errors_alert_rule",
+            resource_id=rule_id,
+            details=changes,
         )
     return rule
 
