@@ -112,6 +112,8 @@ async def test_issue_list_filters_sorts_and_pages(
     assert "TypeError" in searched and "SlowRender" not in searched
     staging = (await client.get(base, params={"environment": "staging"})).text
     assert "TypeError" in staging and "SlowRender" not in staging
+    one_update = (await client.get(base, params={"update_id": UPDATE_ID.upper()})).text
+    assert "TypeError" in one_update and "SlowRender" not in one_update
     by_release = (await client.get(base, params={"release": "app@1.0.0+1"})).text
     assert "SlowRender" in by_release and "TypeError" not in by_release
     # Impact: the unhandled crash ranks above the warning whatever their recency.

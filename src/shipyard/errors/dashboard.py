@@ -52,6 +52,7 @@ async def issues_page(
     release: Annotated[str, Query(max_length=250)] = "",
     environment: Annotated[str, Query(max_length=64)] = "",
     level: Annotated[str, Query(max_length=16)] = "",
+    update_id: Annotated[str, Query(max_length=64)] = "",
     sort: Annotated[str, Query(max_length=16)] = "last_seen",
     after: Annotated[str, Query(max_length=300)] = "",
 ) -> HTMLResponse:
@@ -70,6 +71,7 @@ async def issues_page(
                 release=release or None,
                 environment=environment or None,
                 level=level or None,
+                update_id=update_id.strip().lower() or None,
                 query=q or None,
                 sort=sort,
                 limit=PAGE_SIZE,
@@ -90,7 +92,15 @@ async def issues_page(
         }
         for r in rows
     ]
-    params = {"q": q, "status": status, "release": release, "environment": environment, "level": level, "sort": sort}
+    params = {
+        "q": q,
+        "status": status,
+        "release": release,
+        "environment": environment,
+        "level": level,
+        "update_id": update_id,
+        "sort": sort,
+    }
     next_url = str(request.url.include_query_params(after=cursor)) if cursor else None
     return await render(
         request,
