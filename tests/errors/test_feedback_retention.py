@@ -15,7 +15,9 @@ from shipyard.core.db import utcnow
 from shipyard.errors import retention
 from shipyard.errors.models import event_data, events, feedback
 from tests.conftest import admin_headers
+from tests.dashboard.test_login import login
 from tests.errors.helpers import envelope, error_event, frame, new_id, post, process, send_events
+from tests.errors.test_dashboard import _email as owner_email
 
 
 def base(project: dict[str, Any]) -> str:
@@ -125,6 +127,12 @@ async def test_retention_purges_old_events_and_keeps_issue_counts(
     assert kept.status_code == 200
     async with ctx.db.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(event_data))).scalar_one() == 1
+        owner = await owner_email(conn, project["owner_id"])
+    # The dashboard still shows the issue and its counts, and says where the events went.
+    await login(client, owner, project["owner_password"])
+    page = await client.get(f"/projects/{project['slug']}/errors/issues/{old_issue}")
+    assert page.status_code == 200 and "purged by retention" in page.text
+    assert 'id="issue-count">3<' in page.text
 
 
 async def test_the_event_cap_keeps_the_newest_events(
