@@ -266,6 +266,9 @@ def test_cli_lists_and_triages_issues(cli_env: Path) -> None:
     assert listed.exit_code == 0, listed.output
     issue = json.loads(listed.output)[0]
     assert issue["title"] == "ValueError: bad value"
+    by_impact = runner.invoke(main, ["errors", "issues", "list", "--project", slug, "--sort", "impact", "--json"])
+    assert by_impact.exit_code == 0 and json.loads(by_impact.output)[0]["id"] == issue["id"]
+    assert runner.invoke(main, ["errors", "issues", "list", "--project", slug, "--sort", "loud"]).exit_code != 0
     resolved = runner.invoke(
         main, ["errors", "issues", "resolve", str(issue["id"]), "--project", slug, "--in-next-release"]
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shipyard.features import Feature
+from shipyard.features import Feature, NavEntry
 
 
 def _admin_routers() -> list[Any]:
@@ -41,7 +41,5 @@ feature = Feature(
     job_modules=["shipyard.errors.jobs"],
     cli=_cli,
     migrations=Path(__file__).parent / "migrations",
-    # No dashboard pages yet (the admin API, CLI and docs/errors.md cover issues and release
-    # health): a menu entry leading to a 404 would be worse than none.
-    nav=[],
+    nav=[NavEntry("Issues", "errors"), NavEntry("Release health", "errors/releases")],
 )

@@ -86,6 +86,19 @@ async def list_rules(conn: AsyncConnection, project_id: int) -> list[dict[str, A
     return [dict(r._mapping) for r in rows]
 
 
+async def update_rule(conn: AsyncConnection, project_id: int, rule_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change some fields of a rule (the result is validated as a whole, like a new rule)."""
+    merged = {**await get_rule(conn, project_id, rule_id), **changes}
+    validate_rule(merged["kind"], merged["threshold"], merged["window_minutes"], merged["interval_minutes"])
+    if changes:
+        await conn.execute(
+            alert_rules.update()
+            .where(alert_rules.c.id == rule_id, alert_rules.c.project_id == project_id)
+            .values(**changes)
+        )
+    return await get_rule(conn, project_id, rule_id)
+
+
 async def delete_rule(conn: AsyncConnection, project_id: int, rule_id: int) -> None:
     result = await conn.execute(
         alert_rules.delete().where(alert_rules.c.id == rule_id, alert_rules.c.project_id == project_id)

@@ -178,6 +178,19 @@ class RuleBody(BaseModel):
     severity: Literal["info", "warning", "error", "critical"] = "warning"
 
 
+class RuleChange(BaseModel):
+    """The fields to change; the kind of a rule is fixed (add another rule instead)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    threshold: float | None = Field(None, gt=0)
+    window_minutes: int | None = Field(None, ge=1, le=43200)
+    interval_minutes: int | None = Field(None, ge=1, le=43200)
+    min_count: int | None = Field(None, ge=0)
+    environment: str | None = Field(None, max_length=64, description="An empty string clears the filter.")
+    severity: Literal["info", "warning", "error", "critical"] | None = None
+    enabled: bool | None = None
+
+
 async def _issue_out(conn: Any, row: Any) -> dict[str, Any]:
     return await issues.describe_issue(conn, row)
 
@@ -193,9 +206,10 @@ async def list_issues(
     update_id: str | None = Query(None, max_length=64),
     q: str | None = Query(None, max_length=200),
     assignee: str | None = Query(None, max_length=320),
-    sort: str = Query("last_seen", max_length=16),
+    sort: str = Query("last_seen", max_length=16, description="last_seen, first_seen, events, users or impact"),
 ) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
+        active = await health.active_users(conn, access.project.id, _since(24)) if sort == "impact" else 0
         rows, cursor = await issues.list_issues(
             conn,
             access.project.id,
@@ -209,6 +223,7 @@ async def list_issues(
             sort=sort,
             limit=page.limit,
             after=page.after(),
+            active_users=active,
         )
         data = [await _issue_out(conn, r) for r in rows]
     next_cursor = base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=") if cursor else None
@@ -427,6 +442,29 @@ async def create_rule(access: AdminRole, body: RuleBody) -> dict[str, Any]:
             resource_type="errors_alert_rule",
             resource_id=rule["id"],
             details=body.model_dump(),
+        )
+    return rule
+
+
+@admin.patch("/alert-rules/{rule_id}", summary="Change an alert rule (threshold, window, interval, enabled …)")
+async def update_rule(access: AdminRole, rule_id: int, body: RuleChange) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("environment") == "":
+        changes["environment"] = None
+    for name in ("name", "threshold", "window_minutes", "interval_minutes", "min_count", "severity", "enabled"):
+        if name in changes and changes[name] is None:
+            raise BadRequest(f"{name} cannot be null")
+    async with access.ctx.db.transaction() as conn:
+        rule = await alerting.update_rule(conn, access.project.id, rule_id, changes)
+        await audit.record(
+            conn,
+            access.ctx,
+            access.actor,
+            "errors.alert_rule.update",
+            project_id=access.project.id,
+            resource_type="errors_alert_rule",
+            resource_id=rule_id,
+            details=changes,
         )
     return rule
 

@@ -45,6 +45,13 @@ def issues_group() -> None:
 @click.option("--level", default=None)
 @click.option("--query", "-q", default=None, help="Text in the title or culprit.")
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option(
+    "--sort",
+    type=click.Choice(["last_seen", "first_seen", "events", "users", "impact"]),
+    default="last_seen",
+    show_default=True,
+    help="Order: most recent, newest, most events, most users, or highest impact first.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def issues_list(
     project: str,
@@ -54,14 +61,18 @@ def issues_list(
     level: str | None,
     query: str | None,
     limit: int,
+    sort: str,
     as_json: bool,
 ) -> None:
-    """Issues, most recently seen first."""
-    from shipyard.errors import issues
+    """Issues, most recently seen first (or in the ``--sort`` order)."""
+    from shipyard.errors import health, issues
 
     async def go(ctx: Context) -> list[dict[str, Any]]:
         async with ctx.db.connect() as conn:
             target = await projects.get_project(conn, project)
+            active = (
+                await health.active_users(conn, target.id, utcnow() - timedelta(hours=24)) if sort == "impact" else 0
+            )
             rows, _ = await issues.list_issues(
                 conn,
                 target.id,
@@ -71,6 +82,8 @@ def issues_list(
                 level=level,
                 query=query,
                 limit=limit,
+                sort=sort,
+                active_users=active,
             )
             return [await issues.describe_issue(conn, r) for r in rows]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core import audit, auth
@@ -448,6 +448,27 @@ SORTS = {
     "events": issues.c.times_seen,
     "users": issues.c.users_seen,
 }
+# ``impact`` sorts by the impact rule of ``trends`` (critical first) over the issue's lifetime
+# users and events, then users, then events; its pages are numbered (the rank is computed).
+SORT_NAMES = (*SORTS, "impact")
+
+
+def impact_rank(active_users: int) -> Any:
+    """SQL for the rank of :func:`shipyard.errors.trends.impact_of` (3 = critical … 0 = low),
+    from the issue's lifetime users and events against ``active_users`` (users with sessions)."""
+    users, crash = issues.c.users_seen, issues.c.is_crash
+    severe = issues.c.level.in_(("error", "fatal"))
+
+    def at_least(count: int, share: float) -> Any:
+        # users >= count, or users / active_users >= share when the app sends sessions
+        return or_(users >= count, users >= share * active_users) if active_users else users >= count
+
+    return case(
+        (and_(crash, at_least(100, 0.05)), 3),
+        (or_(and_(crash, at_least(10, 0.01)), and_(severe, at_least(100, 0.05))), 2),
+        (or_(crash, and_(severe, or_(users >= 10, issues.c.times_seen >= 100))), 1),
+        else_=0,
+    )
 
 
 def _tag_filter(key: str, value: str) -> Any:
@@ -468,11 +489,12 @@ async def list_issues(
     sort: str = "last_seen",
     limit: int = 50,
     after: str | None = None,
+    active_users: int = 0,
 ) -> tuple[list[Any], str | None]:
-    """Issues, newest activity first by default; ``after`` is the previous page's cursor."""
-    if sort not in SORTS:
-        raise BadRequest(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
-    column = SORTS[sort]
+    """Issues, newest activity first by default; ``after`` is the previous page's cursor.
+    ``active_users`` (users with sessions lately) feeds the ``impact`` sort's share rule."""
+    if sort not in SORT_NAMES:
+        raise BadRequest(f"unknown sort {sort!r}; expected one of {', '.join(SORT_NAMES)}")
     stmt = select(issues).where(issues.c.project_id == project_id)
     if status:
         if status not in STATUSES:
@@ -495,6 +517,9 @@ async def list_issues(
     if query:
         like = f"%{query.strip()[:200]}%"
         stmt = stmt.where(or_(issues.c.title.ilike(like), issues.c.culprit.ilike(like), issues.c.fingerprint == query))
+    if sort == "impact":
+        return await _list_by_impact(conn, stmt, active_users, limit, after)
+    column = SORTS[sort]
     if after:
         value, _, last_id = after.rpartition("|")
         if not last_id.isdigit():
@@ -509,6 +534,20 @@ async def list_issues(
         value = getattr(last, {"events": "times_seen", "users": "users_seen"}.get(sort, sort))
         cursor = f"{value.isoformat() if isinstance(value, datetime) else value}|{last.id}"
     return rows, cursor
+
+
+async def _list_by_impact(
+    conn: AsyncConnection, stmt: Any, active_users: int, limit: int, after: str | None
+) -> tuple[list[Any], str | None]:
+    if after is not None and not after.isdigit():
+        raise BadRequest("invalid cursor")
+    offset = int(after or 0)
+    rank = impact_rank(active_users)
+    ordered = stmt.order_by(rank.desc(), issues.c.users_seen.desc(), issues.c.times_seen.desc(), issues.c.id.desc())
+    rows = list((await conn.execute(ordered.offset(offset).limit(limit + 1))).all())
+    if len(rows) > limit:
+        return rows[:limit], str(offset + limit)
+    return rows, None
 
 
 async def get_issue(conn: AsyncConnection, project_id: int, issue_id: int) -> Any:
@@ -557,6 +596,27 @@ async def get_event(conn: AsyncConnection, project_id: int, event_id: str) -> tu
         raise NotFound("event")
     data = (await conn.execute(select(event_data.c.data).where(event_data.c.event_pk == row.id))).scalar()
     return row, data or {}
+
+
+async def event_neighbours(conn: AsyncConnection, issue_id: int, event_pk: int) -> tuple[str | None, str | None]:
+    """The event ids just older and just newer than one event of an issue (event navigation)."""
+    older = (
+        await conn.execute(
+            select(events.c.event_id)
+            .where(events.c.issue_id == issue_id, events.c.id < event_pk)
+            .order_by(events.c.id.desc())
+            .limit(1)
+        )
+    ).scalar()
+    newer = (
+        await conn.execute(
+            select(events.c.event_id)
+            .where(events.c.issue_id == issue_id, events.c.id > event_pk)
+            .order_by(events.c.id)
+            .limit(1)
+        )
+    ).scalar()
+    return older, newer
 
 
 async def latest_event(conn: AsyncConnection, issue_id: int) -> tuple[Any, dict[str, Any]] | None:
