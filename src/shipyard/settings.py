@@ -81,7 +81,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(
         "json", description="`json` for machines (default), `console` for humans at a terminal."
     )
-    db_pool_size: int = Field(10, description="Connections per process to PostgreSQL.")
+    db_pool_size: int = Field(
+        10,
+        description="Connections per process kept open to PostgreSQL (as many more may open under "
+        "load). SQLite keeps four times as many: its connections are cheap to keep, costly to open.",
+    )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
         description="SQLite `synchronous` pragma. NORMAL in WAL mode survives a process crash with "
@@ -186,6 +190,12 @@ class Settings(BaseSettings):
     job_poll_interval: float = Field(0.5, description="Seconds an idle worker waits before looking for due jobs again.")
     job_concurrency: int = Field(8, description="Jobs one worker process runs at once.")
     job_max_attempts: int = Field(10, description="Attempts before a failing job goes to the dead-letter state.")
+    job_shutdown_grace_seconds: float = Field(
+        20.0,
+        description="On SIGTERM/SIGINT a worker stops claiming and lets running jobs finish for up to "
+        "this long; jobs still running then are cancelled and put back in the queue at once (not after "
+        "their lease), without counting the attempt.",
+    )
     audit_checkpoint_interval_minutes: int = Field(
         60, description="How often a signed checkpoint of the audit chain head is written."
     )
