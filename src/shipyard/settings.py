@@ -27,6 +27,10 @@ from pydantic_settings import (
 )
 
 
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the CLI prints the message, not a traceback."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHIPYARD_", extra="ignore", validate_default=True)
 
@@ -419,7 +423,10 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         if self.mode == "production":
-            raise RuntimeError("SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production: set it to a long random "
+                "value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) and keep it"
+            )
         key_file = self.resolved_data_dir / "secret.key"
         if not key_file.exists():
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -436,9 +443,15 @@ class Settings(BaseSettings):
         if self.mode != "production":
             return
         if not self.secret_key:
-            raise RuntimeError("SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production: set it to a long random "
+                "value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) and keep it"
+            )
         if self.public_url.startswith("http://127.0.0.1"):
-            raise RuntimeError("SHIPYARD_PUBLIC_URL must be set when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_PUBLIC_URL must be set when SHIPYARD_MODE=production: the https:// address "
+                "apps and browsers reach this server at"
+            )
 
 
 def describe_settings() -> list[dict[str, Any]]:

@@ -104,6 +104,10 @@ async def authenticate(
         async with ctx.db.connect() as conn:
             session = await auth.session_user(conn, cookie)
         if session is not None:
+            if not session.mfa_passed:
+                # A session opened before mandatory TOTP enrolment reaches only the
+                # enrolment page; the API must not be a way around it.
+                raise Forbidden("two-factor authentication is required: enrol at /account/totp first")
             # Cookies ride along on cross-site requests; a CSRF token in a header cannot.
             unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
             if unsafe and request.headers.get("x-csrf-token") != session.csrf_token:

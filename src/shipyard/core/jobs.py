@@ -233,6 +233,7 @@ class Worker:
 
     async def _shutdown(self, grace: float) -> None:
         if self._running:
+            log.info("worker %s stopping: waiting up to %g s for %d running jobs", self.id, grace, len(self._running))
             _done, pending = await asyncio.wait(list(self._running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
@@ -240,13 +241,15 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         # Whatever did not finish goes back to the queue now rather than after its lease.
         async with self.ctx.db.transaction() as conn:
-            await conn.execute(
+            released = await conn.execute(
                 update(jobs)
                 .where(jobs.c.locked_by == self.id, jobs.c.status == "running")
                 .values(
                     status="queued", locked_by=None, locked_until=None, run_at=utcnow(), attempts=jobs.c.attempts - 1
                 )
             )
+            if released.rowcount:
+                log.warning("worker %s released %d unfinished jobs back to the queue", self.id, released.rowcount)
             await conn.execute(worker_heartbeats.delete().where(worker_heartbeats.c.worker_id == self.id))
 
     async def _claim(self, limit: int) -> list[tuple[JobInfo, dict[str, Any]]]:
