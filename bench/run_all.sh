@@ -5,6 +5,10 @@
 #   bench/run_all.sh            # full runs (the figures in docs/benchmarks.md)
 #   bench/run_all.sh --quick    # short runs: checks every benchmark still works
 #   bench/run_all.sh --quick errors_ingest push_send   # only these
+#   bench/run_all.sh core_gateway                       # core alone (gateway + job queue)
+#
+# Benchmarks: analytics_ingest, analytics_queries, core_gateway, errors_ingest, push_send,
+# updates_manifest.
 #
 # A benchmark is every bench/*.py with a `__main__` block (helper modules such as
 # analytics_common.py are skipped). Output goes to the terminal and to

@@ -19,7 +19,7 @@ from shipyard.core.context import Context
 from shipyard.core.errors import ApiError
 from shipyard.core.models import users
 from shipyard.features import job_modules, load_features
-from shipyard.settings import Settings, describe_settings
+from shipyard.settings import ConfigError, Settings, describe_settings
 
 T = TypeVar("T")
 CLI_ACTOR = audit.Actor(type="system", id="cli")
@@ -56,7 +56,35 @@ def emit(data: Any, as_json: bool) -> None:
         click.echo(str(data))
 
 
+class ShipyardGroup(click.Group):
+    """Turns configuration mistakes into one clear line and exit status 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"SHIPYARD_{str(err['loc'][0]).upper()}: {err['msg']} (got {err.get('input')!r})"
+                if err["loc"]
+                else err["msg"]
+                for err in exc.errors()
+            )
+            raise ConfigProblem(f"invalid settings: {problems}") from None
+
+
+class ConfigProblem(click.ClickException):
+    exit_code = 2
+
+    def format_message(self) -> str:
+        return f"configuration: {self.message}"
+
+
 @click.group(
+    cls=ShipyardGroup,
     help="Shipyard: OTA updates, push, analytics, errors and more for Expo / React Native apps.\n\n"
     "Settings come from SHIPYARD_* environment variables (see `shipyard settings`)."
 )

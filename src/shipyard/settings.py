@@ -27,6 +27,10 @@ from pydantic_settings import (
 )
 
 
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the CLI prints the message, not a traceback."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHIPYARD_", extra="ignore", validate_default=True)
 
@@ -81,7 +85,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(
         "json", description="`json` for machines (default), `console` for humans at a terminal."
     )
-    db_pool_size: int = Field(10, description="Connections per process to PostgreSQL.")
+    db_pool_size: int = Field(
+        10,
+        description="Connections per process kept open to PostgreSQL (as many more may open under "
+        "load). SQLite keeps four times as many: its connections are cheap to keep, costly to open.",
+    )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
         description="SQLite `synchronous` pragma. NORMAL in WAL mode survives a process crash with "
@@ -186,6 +194,12 @@ class Settings(BaseSettings):
     job_poll_interval: float = Field(0.5, description="Seconds an idle worker waits before looking for due jobs again.")
     job_concurrency: int = Field(8, description="Jobs one worker process runs at once.")
     job_max_attempts: int = Field(10, description="Attempts before a failing job goes to the dead-letter state.")
+    job_shutdown_grace_seconds: float = Field(
+        20.0,
+        description="On SIGTERM/SIGINT a worker stops claiming and lets running jobs finish for up to "
+        "this long; jobs still running then are cancelled and put back in the queue at once (not after "
+        "their lease), without counting the attempt.",
+    )
     audit_checkpoint_interval_minutes: int = Field(
         60, description="How often a signed checkpoint of the audit chain head is written."
     )
@@ -409,7 +423,10 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         if self.mode == "production":
-            raise RuntimeError("SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production: set it to a long random "
+                "value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) and keep it"
+            )
         key_file = self.resolved_data_dir / "secret.key"
         if not key_file.exists():
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -426,9 +443,15 @@ class Settings(BaseSettings):
         if self.mode != "production":
             return
         if not self.secret_key:
-            raise RuntimeError("SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production: set it to a long random "
+                "value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) and keep it"
+            )
         if self.public_url.startswith("http://127.0.0.1"):
-            raise RuntimeError("SHIPYARD_PUBLIC_URL must be set when SHIPYARD_MODE=production")
+            raise ConfigError(
+                "SHIPYARD_PUBLIC_URL must be set when SHIPYARD_MODE=production: the https:// address "
+                "apps and browsers reach this server at"
+            )
 
 
 def describe_settings() -> list[dict[str, Any]]:

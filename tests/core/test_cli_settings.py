@@ -74,6 +74,29 @@ def test_production_mode_requires_a_secret_and_public_url(tmp_path: Path) -> Non
     ).check_production()
 
 
+def test_production_mode_without_a_secret_is_a_clear_cli_error(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHIPYARD_MODE=production turns production mode on; every command then refuses to
+    start without SHIPYARD_SECRET_KEY, with one line that says what to set, no traceback."""
+    monkeypatch.setenv("SHIPYARD_MODE", "production")
+    monkeypatch.delenv("SHIPYARD_SECRET_KEY", raising=False)
+    runner = CliRunner()
+    for command in (["serve"], ["worker"], ["migrate"], ["init", "--json"]):
+        result = runner.invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "SHIPYARD_SECRET_KEY is required when SHIPYARD_MODE=production" in result.output
+        assert "Traceback" not in result.output
+    assert not (cli_env / "data" / "secret.key").exists()  # nothing generated behind the user's back
+
+    monkeypatch.setenv("SHIPYARD_MODE", "prod")
+    result = runner.invoke(main, ["migrate"])
+    assert result.exit_code == 2
+    assert "SHIPYARD_MODE: Input should be 'development' or 'production' (got 'prod')" in result.output
+
+    monkeypatch.setenv("SHIPYARD_MODE", "production")
+    monkeypatch.setenv("SHIPYARD_SECRET_KEY", "s" * 48)
+    assert runner.invoke(main, ["migrate"]).exit_code == 0
+
+
 def test_development_secret_is_generated_once_and_private(tmp_path: Path) -> None:
     first = Settings(data_dir=tmp_path).resolved_secret_key
     assert first == Settings(data_dir=tmp_path).resolved_secret_key

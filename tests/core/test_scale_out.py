@@ -79,12 +79,18 @@ async def test_two_api_nodes_and_two_workers_share_postgresql_and_redis(
         while len([e for e in read_events(events) if e[0] == "done"]) < 40:
             assert time.monotonic() < deadline, "jobs not drained"
             await asyncio.sleep(0.1)
-        async with ctx.db.connect() as conn:
-            done = (
-                await conn.execute(
-                    select(func.count()).where(jobs_table.c.kind == "probe.record", jobs_table.c.status == "done")
-                )
-            ).scalar_one()
+        # The handler notes "done" just before its worker commits the outcome: wait for the commits.
+        while True:
+            async with ctx.db.connect() as conn:
+                done = (
+                    await conn.execute(
+                        select(func.count()).where(jobs_table.c.kind == "probe.record", jobs_table.c.status == "done")
+                    )
+                ).scalar_one()
+            if done >= 40:
+                break
+            assert time.monotonic() < deadline, f"only {done} of 40 jobs recorded as done"
+            await asyncio.sleep(0.1)
         assert done == 40 and len({j for _, j, _ in read_events(events)}) == 40
     finally:
         await stack.aclose()

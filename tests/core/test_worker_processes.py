@@ -178,3 +178,56 @@ async def test_two_workers_on_postgresql_run_1000_jobs_exactly_once(tmp_path: Pa
     finally:
         stop(procs)
         await ctx.close()
+
+
+async def test_sigterm_finishes_short_jobs_and_releases_long_ones(tmp_path: Path, database_url: str) -> None:
+    """`kill -TERM` a worker running two jobs: the one that ends within the grace period
+    completes; the other is cancelled and queued again at once (attempt refunded, no
+    lease to wait for), and the next worker runs it to completion."""
+    settings = make_settings(tmp_path, database_url=database_url)
+    ctx = await make_ctx(settings)
+    env = worker_env(settings)
+    env["SHIPYARD_JOB_LEASE_SECONDS"] = "600"  # a released job must not wait for its lease
+    env["SHIPYARD_JOB_SHUTDOWN_GRACE_SECONDS"] = "3"
+    events = tmp_path / "events.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        async with ctx.db.transaction() as conn:
+            short_id = await jobs.enqueue(conn, "probe.record", {"log": str(events), "sleep": 1.0})
+            long_id = await jobs.enqueue(
+                conn, "probe.record", {"log": str(events), "hang_once_marker": str(tmp_path / "hung")}
+            )
+        first = start_worker(env, tmp_path / "w1.log")
+        procs.append(first)
+
+        async def both_started() -> bool:
+            return {j for e, j, _ in read_events(events) if e == "start"} == {short_id, long_id}
+
+        await wait_for(both_started, 60, "the worker to start both jobs", procs)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0  # a clean exit, after at most the grace period
+
+        async with ctx.db.connect() as conn:
+            rows = {r.id: r for r in (await conn.execute(select(jobs_table))).all()}
+            heartbeats = (await conn.execute(select(func.count()).select_from(worker_heartbeats))).scalar_one()
+        assert rows[short_id].status == "done"
+        released = rows[long_id]
+        assert (released.status, released.locked_by, released.attempts) == ("queued", None, 0)
+        assert heartbeats == 0  # the worker signed off: /readyz does not count it any more
+        assert ("done", short_id, first.pid) in read_events(events)
+
+        second = start_worker(env, tmp_path / "w2.log")
+        procs.append(second)
+
+        async def long_done() -> bool:
+            async with ctx.db.connect() as conn:
+                status = (await conn.execute(select(jobs_table.c.status).where(jobs_table.c.id == long_id))).scalar()
+            return status == "done"
+
+        # Well within the 600 s lease: the job was handed back, not abandoned.
+        await wait_for(long_done, 60, "the released job to run on the next worker", [second])
+        runs = [(e, j, p) for e, j, p in read_events(events) if j == long_id]
+        assert runs == [("start", long_id, first.pid), ("start", long_id, second.pid), ("done", long_id, second.pid)]
+    finally:
+        stop(procs)
+        await ctx.close()

@@ -1,14 +1,18 @@
-"""The dashboard in a real browser: headless Chromium logs in and renders the overview."""
+"""The dashboard in a real browser: headless Chromium logs in, renders the overview, switches
+project, opens every section of the navigation and logs out, fetching nothing off the server."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shipyard.dashboard.web import nav_entries
 from tests.conftest import IN_CI
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -42,6 +46,13 @@ def test_login_and_overview_in_chromium(live_server: Any) -> None:
     creds = live_server.creds
     with sync_playwright() as p:
         browser = launch_browser(p)
+        subprocess.run(
+            [sys.executable, "-m", "shipyard.cli", "projects", "create", "Second App", "--json"],
+            env=live_server.env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
         page = browser.new_page(viewport={"width": 1366, "height": 800})
         blocked: list[str] = []
         page.on("request", lambda r: blocked.append(r.url) if not r.url.startswith(live_server.url) else None)
@@ -63,6 +74,18 @@ def test_login_and_overview_in_chromium(live_server: Any) -> None:
         page.screenshot(path=str(SCREENSHOTS / "dashboard-audit.png"), full_page=True)
         page.click("text=Overview")
         page.screenshot(path=str(SCREENSHOTS / "dashboard-overview.png"), full_page=True)
+        # The project switcher: a second project is one choice away, with the same sections.
+        page.select_option("#project-switcher", "second-app")
+        page.wait_for_url("**/projects/second-app")
+        assert page.locator("h1").inner_text() == "Second App"
+        # A navigation entry for every loaded feature, and each one opens a page (no 404s).
+        links = page.locator("nav.sidebar a")
+        titles = [links.nth(i).inner_text() for i in range(links.count())]
+        hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+        assert {entry.title for entry in nav_entries()} <= set(titles)
+        for href in hrefs:
+            response = page.goto(live_server.url + str(href))
+            assert response is not None and response.status == 200, href
         page.click("text=Log out")
         page.wait_for_url("**/login")
         browser.close()

@@ -108,8 +108,10 @@ async def test_totp_enrolment_then_required_at_login(tmp_path: Any) -> None:
     ):
         r = await login(client, "admin@example.com", "admin password!")
         assert r.headers["location"] == "/account/totp"
-        # Until enrolled, project pages stay closed.
+        # Until enrolled, project pages stay closed, and so does the admin API for this session.
         assert (await client.get(f"/projects/{p['slug']}")).status_code == 303
+        refused = await client.get(f"/api/v1/projects/{p['slug']}")
+        assert refused.status_code == 403 and "two-factor" in refused.json()["error"]["message"]
         enroll = await client.get("/account/totp")
         secret = re.search(r'name="secret" value="([A-Z2-7]+)"', enroll.text).group(1)  # type: ignore[union-attr]
         r = await client.post(
@@ -117,6 +119,7 @@ async def test_totp_enrolment_then_required_at_login(tmp_path: Any) -> None:
         )
         assert r.status_code == 303
         assert (await client.get(f"/projects/{p['slug']}")).status_code == 200
+        assert (await client.get(f"/api/v1/projects/{p['slug']}")).status_code == 200
         client.cookies.clear()
         r = await login(client, "admin@example.com", "admin password!")
         assert r.status_code == 401 and "authenticator" in r.text

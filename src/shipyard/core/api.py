@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -15,7 +15,7 @@ from shipyard.core.db import utcnow
 from shipyard.core.deps import Admin, AnyUser, Ctx, Forbidden, IdPath, Owner, Viewer
 from shipyard.core.errors import NotFound
 from shipyard.core.models import memberships, users
-from shipyard.core.pagination import Page, PageParams
+from shipyard.core.pagination import Page, Paging
 
 router = APIRouter(tags=["projects"])
 
@@ -84,7 +84,7 @@ class MemberOut(BaseModel):
 
 
 @router.get("/projects", response_model=Page[ProjectSummary])
-async def list_projects(principal: AnyUser, ctx: Ctx, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_projects(principal: AnyUser, ctx: Ctx, page: Paging) -> dict[str, Any]:
     """Projects the caller can see: a key sees its own project, a user their memberships."""
     after = page.after_int()
     async with ctx.db.connect() as conn:
@@ -127,7 +127,7 @@ async def get_project(access: Viewer) -> dict[str, Any]:
 
 
 @router.get("/projects/{project}/keys", response_model=Page[KeyOut])
-async def list_keys(access: Admin, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_keys(access: Admin, page: Paging) -> dict[str, Any]:
     """The project's keys; secret keys by prefix only (their value was shown once)."""
     async with access.ctx.db.connect() as conn:
         rows = await auth.list_keys(conn, access.project.id, after_id=page.after_int(), limit=page.limit + 1)
@@ -193,7 +193,7 @@ async def revoke_key(key_id: IdPath, access: Admin) -> None:
 
 
 @router.get("/projects/{project}/members", response_model=Page[MemberOut])
-async def list_members(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_members(access: Viewer, page: Paging) -> dict[str, Any]:
     """People with a role on the project."""
     query = (
         select(users.c.id, users.c.email, memberships.c.role)
@@ -239,7 +239,7 @@ class UserOut(BaseModel):
 
 
 @router.get("/users", response_model=Page[UserOut], tags=["users"])
-async def list_users(principal: AnyUser, ctx: Ctx, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_users(principal: AnyUser, ctx: Ctx, page: Paging) -> dict[str, Any]:
     """Every dashboard user (instance admins only)."""
     if not principal.is_instance_admin:
         raise Forbidden("only instance admins list users (log in to the dashboard as one)")

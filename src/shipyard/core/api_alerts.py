@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
@@ -18,7 +18,7 @@ from shipyard.core.deps import Admin, Developer, IdPath, Viewer
 from shipyard.core.errors import BadRequest, Conflict, NotFound
 from shipyard.core.models import alert_channels, alert_deliveries
 from shipyard.core.models import alerts as alerts_table
-from shipyard.core.pagination import Page, PageParams
+from shipyard.core.pagination import Page, Paging
 
 router = APIRouter(tags=["alerts"])
 
@@ -85,7 +85,7 @@ class DeliveryOut(BaseModel):
 @router.get("/projects/{project}/alerts", response_model=Page[AlertOut])
 async def list_alerts(
     access: Viewer,
-    page: Annotated[PageParams, Depends()],
+    page: Paging,
     status: Annotated[Literal["firing", "resolved"] | None, Query()] = None,
     source: Annotated[str | None, Query(max_length=64)] = None,
     severity: Annotated[Severity | None, Query(description="Only alerts of this severity or worse.")] = None,
@@ -118,7 +118,7 @@ async def _alert(conn: Any, project_id: int, alert_id: int) -> Any:
 
 
 @router.get("/projects/{project}/alerts/{alert_id}/deliveries", response_model=Page[DeliveryOut])
-async def list_deliveries(alert_id: IdPath, access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_deliveries(alert_id: IdPath, access: Viewer, page: Paging) -> dict[str, Any]:
     """Where an alert was sent and how each delivery went."""
     query = select(alert_deliveries).where(alert_deliveries.c.alert_id == alert_id)
     after = page.after_int()
@@ -171,7 +171,7 @@ async def _channel(conn: Any, project_id: int, channel_id: int) -> dict[str, Any
 
 
 @router.get("/projects/{project}/alert-channels", response_model=Page[ChannelOut])
-async def list_channels(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_channels(access: Viewer, page: Paging) -> dict[str, Any]:
     """Where the project's alerts go (secrets are never shown again)."""
     query = select(*_CHANNEL_COLUMNS).where(alert_channels.c.project_id == access.project.id)
     after = page.after_int()

@@ -22,7 +22,7 @@ from shipyard.core import audit
 from shipyard.core.context import Context
 from shipyard.core.deps import Admin
 from shipyard.core.models import audit_log
-from shipyard.core.pagination import Page, PageParams
+from shipyard.core.pagination import Page, Paging
 
 router = APIRouter(tags=["audit"])
 
@@ -120,7 +120,7 @@ Filters = Annotated[AuditFilters, Depends()]
 
 
 @router.get("/projects/{project}/audit", response_model=Page[AuditRecord])
-async def list_audit(access: Admin, filters: Filters, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_audit(access: Admin, filters: Filters, page: Paging) -> dict[str, Any]:
     """The project's audit records, newest first."""
     query = filters.apply(select(audit_log).where(audit_log.c.project_id == access.project.id))
     after = page.after_int()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -19,7 +19,7 @@ from shipyard.core.context import Context
 from shipyard.core.deps import Admin, AnyUser, Ctx, Forbidden, IdPath, actor_for
 from shipyard.core.errors import Conflict, NotFound
 from shipyard.core.models import jobs as jobs_table
-from shipyard.core.pagination import Page, PageParams
+from shipyard.core.pagination import Page, PageParams, Paging
 
 router = APIRouter(tags=["jobs"])
 
@@ -118,7 +118,7 @@ KindQuery = Annotated[
 
 @router.get("/projects/{project}/jobs", response_model=Page[JobOut])
 async def list_project_jobs(
-    access: Admin, page: Annotated[PageParams, Depends()], status: StatusQuery = None, kind: KindQuery = None
+    access: Admin, page: Paging, status: StatusQuery = None, kind: KindQuery = None
 ) -> dict[str, Any]:
     """The project's background jobs, newest first."""
     return await _list(access.ctx, access.project.id, status, kind, page, every=False)
@@ -153,7 +153,7 @@ def require_instance_admin(principal: Principal) -> None:
 async def list_all_jobs(
     principal: AnyUser,
     ctx: Ctx,
-    page: Annotated[PageParams, Depends()],
+    page: Paging,
     status: StatusQuery = None,
     kind: KindQuery = None,
 ) -> dict[str, Any]:

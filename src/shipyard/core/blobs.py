@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shipyard.core.context import Context
-from shipyard.settings import Settings
+from shipyard.settings import ConfigError, Settings
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -217,7 +217,7 @@ def _b64_sha256(data: bytes) -> str:
 def make_blob_store(settings: Settings) -> BlobStore:
     if settings.blob_backend == "s3":
         if not settings.s3_bucket:
-            raise RuntimeError("SHIPYARD_S3_BUCKET is required when SHIPYARD_BLOB_BACKEND=s3")
+            raise ConfigError("SHIPYARD_S3_BUCKET is required when SHIPYARD_BLOB_BACKEND=s3")
         return S3BlobStore(settings)
     return LocalBlobStore(settings.resolved_data_dir / "blobs", settings.cdn_base_url)
 

@@ -185,7 +185,11 @@ class Worker:
         self._stopping.set()
         self._wake.set()
 
-    async def run(self, *, shutdown_grace: float = 20.0) -> None:
+    async def run(self, *, shutdown_grace: float | None = None) -> None:
+        """Claim and run jobs until :meth:`stop`; then finish or release what is running
+        (``shutdown_grace`` seconds, default ``job_shutdown_grace_seconds``)."""
+        if shutdown_grace is None:
+            shutdown_grace = float(self.ctx.settings.job_shutdown_grace_seconds)
         await self._register_schedules()
         await self._heartbeat(first=True)
         heartbeat = asyncio.create_task(self._heartbeat_loop())
@@ -198,8 +202,8 @@ class Worker:
                 except Exception as exc:  # database away: keep the worker alive, retry soon
                     log.warning("worker poll failed: %s", exc)
                     claimed = []
-                for job in claimed:
-                    task = asyncio.create_task(self._execute(job))
+                for job, payload in claimed:
+                    task = asyncio.create_task(self._execute(job, payload))
                     self._running[job.id] = task
                     task.add_done_callback(functools.partial(self._forget, job.id))
                 if claimed and len(claimed) == free:
@@ -223,12 +227,13 @@ class Worker:
             claimed = await self._claim(self.concurrency)
             if not claimed:
                 break
-            await asyncio.gather(*(self._execute(job) for job in claimed))
+            await asyncio.gather(*(self._execute(job, payload) for job, payload in claimed))
             done += len(claimed)
         return done
 
     async def _shutdown(self, grace: float) -> None:
         if self._running:
+            log.info("worker %s stopping: waiting up to %g s for %d running jobs", self.id, grace, len(self._running))
             _done, pending = await asyncio.wait(list(self._running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
@@ -236,16 +241,19 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         # Whatever did not finish goes back to the queue now rather than after its lease.
         async with self.ctx.db.transaction() as conn:
-            await conn.execute(
+            released = await conn.execute(
                 update(jobs)
                 .where(jobs.c.locked_by == self.id, jobs.c.status == "running")
                 .values(
                     status="queued", locked_by=None, locked_until=None, run_at=utcnow(), attempts=jobs.c.attempts - 1
                 )
             )
+            if released.rowcount:
+                log.warning("worker %s released %d unfinished jobs back to the queue", self.id, released.rowcount)
             await conn.execute(worker_heartbeats.delete().where(worker_heartbeats.c.worker_id == self.id))
 
-    async def _claim(self, limit: int) -> list[JobInfo]:
+    async def _claim(self, limit: int) -> list[tuple[JobInfo, dict[str, Any]]]:
+        """Lease up to ``limit`` due jobs; each with its payload (one round trip, not two)."""
         now = utcnow()
         due = or_(
             and_(jobs.c.status == "queued", jobs.c.run_at <= now),
@@ -258,15 +266,15 @@ class Worker:
             update(jobs)
             .where(jobs.c.id.in_(candidates.scalar_subquery()))
             .values(status="running", locked_by=self.id, locked_until=now + self.lease, attempts=jobs.c.attempts + 1)
-            .returning(jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.max_attempts, jobs.c.project_id)
+            .returning(
+                jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.max_attempts, jobs.c.project_id, jobs.c.payload
+            )
         )
         async with self.ctx.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [JobInfo(r.id, r.kind, r.attempts, r.max_attempts, r.project_id) for r in rows]
+        return [(JobInfo(r.id, r.kind, r.attempts, r.max_attempts, r.project_id), r.payload) for r in rows]
 
-    async def _execute(self, job: JobInfo) -> None:
-        async with self.ctx.db.connect() as conn:
-            payload = (await conn.execute(select(jobs.c.payload).where(jobs.c.id == job.id))).scalar_one()
+    async def _execute(self, job: JobInfo, payload: dict[str, Any]) -> None:
         fn = _handlers.get(job.kind)
         renew = asyncio.create_task(self._renew_lease(job.id))
         started = asyncio.get_running_loop().time()

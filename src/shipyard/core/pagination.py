@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Query
+from fastapi import Depends, Query
 from pydantic import BaseModel
 
 from shipyard.core.errors import BadRequest
@@ -53,3 +53,19 @@ class PageParams:
         if more and rows:
             cursor = base64.urlsafe_b64encode(str(position(rows[-1])).encode()).decode().rstrip("=")
         return {"data": rows, "next_cursor": cursor}
+
+
+async def page_params(
+    limit: int = Query(50, ge=1, le=500, description="Items per page (1–500)."),
+    cursor: str | None = Query(None, max_length=200, description="`next_cursor` of the previous page."),
+) -> PageParams:
+    """The same parameters as ``Depends(PageParams)``, resolved on the event loop.
+
+    FastAPI runs a class dependency (``Annotated[PageParams, Depends()]``) in its thread
+    pool, which costs a thread hand-off on every list request (seen in the profile of
+    ``GET /api/v1/projects``); a coroutine dependency does not.
+    """
+    return PageParams(limit, cursor)
+
+
+Paging = Annotated[PageParams, Depends(page_params)]

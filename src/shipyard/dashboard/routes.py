@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from shipyard.core import alerts, audit, auth, projects
 from shipyard.core.auth import Role
 from shipyard.core.context import Context
-from shipyard.core.deps import SESSION_COOKIE, get_ctx
+from shipyard.core.deps import SESSION_COOKIE, ctx_dependency
 from shipyard.core.models import audit_log, login_sessions, users
 from shipyard.dashboard.web import (
     LoginRequired,
@@ -33,7 +33,7 @@ router = APIRouter(include_in_schema=False)
 PRE_CSRF_COOKIE = "shipyard_login_csrf"
 Viewer = Annotated[PageAccess, Depends(page_access(Role.viewer))]
 Admin = Annotated[PageAccess, Depends(page_access(Role.admin))]
-CtxDep = Annotated[Context, Depends(get_ctx)]
+CtxDep = Annotated[Context, Depends(ctx_dependency)]
 
 
 def _secure_cookies(ctx: Context) -> bool:

@@ -22,7 +22,7 @@ from shipyard.core import auth, projects
 from shipyard.core.audit import Actor
 from shipyard.core.auth import Role
 from shipyard.core.context import Context
-from shipyard.core.deps import SESSION_COOKIE, client_ip, get_ctx
+from shipyard.core.deps import SESSION_COOKIE, client_ip, ctx_dependency
 from shipyard.core.errors import ApiError
 from shipyard.dashboard import charts
 from shipyard.features import FEATURE_PACKAGES, NavEntry, load_features
@@ -97,7 +97,7 @@ async def current_session(request: Request, ctx: Context) -> Any:
 def page_access(role: Role = Role.viewer) -> Any:
     """Dependency for dashboard pages under ``/projects/{project}/…``."""
 
-    async def dependency(request: Request, project: str, ctx: Context = Depends(get_ctx)) -> PageAccess:
+    async def dependency(request: Request, project: str, ctx: Context = Depends(ctx_dependency)) -> PageAccess:
         session = await current_session(request, ctx)
         if session is None:
             raise LoginRequired(request.url.path)
