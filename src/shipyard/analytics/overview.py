@@ -2,10 +2,10 @@
 
 Active users and event counts come from the incrementally maintained rollups (plus the
 tail above the watermark), so the page stays fast as raw events grow. Crash-free rate
-and notification opens belong to other features: they are read through their services
-when those are installed (``shipyard.errors.service.crash_free_rate`` and
-``shipyard.push.service.notification_open_stats``), and from the apps' own
-``Push Notification Tapped``/``Opened`` events otherwise.
+and notification opens belong to other features and are read through their service
+functions (``shipyard.errors.service.crash_free_rate`` and
+``shipyard.push.service.notification_open_stats``), never their tables. Apps that track
+their own ``Push Notification Tapped``/``Opened`` events see those counted as well.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dic
     )[:10]
     areas = await plan.feature_areas(conn, project.id)
     area_counts = {area: sum(per_event.get(e, 0) for e in names) for area, names in sorted(areas.items())}
-    opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
+    tracked_opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
     timeout = config_of(project).session_timeout_ms(ctx.settings)
     week = behaviour.SessionsQuery(date_from=week_start, date_to=today)
     sessions = (await behaviour.sessions(conn, project.id, week, timeout))["summary"]
@@ -79,6 +79,12 @@ async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dic
         "top_events": [{"event": e, "count": n} for e, n in top],
         "feature_areas": [{"feature_area": a, "count": n} for a, n in area_counts.items()],
         "sessions_last_7_days": sessions,
-        "notification_opens_last_7_days": push_opens if push_opens is not None else opens,
+        "notification_opens_last_7_days": _notification_opens(push_opens, tracked_opens),
         "crash_free_rate": crash_free,
     }
+
+
+def _notification_opens(push_stats: dict[str, Any] | None, tracked_opens: int) -> dict[str, Any]:
+    """Opens of notifications Shipyard sent (push service) next to the app's own open events."""
+    stats = push_stats or {"sent": 0, "delivered": 0, "opened": 0, "open_rate": None}
+    return {**stats, "tracked_open_events": tracked_opens}
