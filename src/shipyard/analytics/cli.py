@@ -81,6 +81,9 @@ def _cell(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
+    """Numbers, percentages and gaps line up on the right."""
+    if isinstance(value, str):
+        return value == "–" or (value.endswith("%") and value[:-1].replace(".", "", 1).isdigit())
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 

@@ -53,7 +53,12 @@ async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dic
     for (_day, event), n in counts.items():
         per_event[event] = per_event.get(event, 0) + n
     top = sorted(
-        ((e, n) for e, n in per_event.items() if e not in NON_ACTIONS and e not in ("$screen", "$pageview")),
+        (
+            (e, n)
+            for e, n in per_event.items()
+            # n is 0 once every such event was erased (the rollups are decremented).
+            if n > 0 and e not in NON_ACTIONS and e not in ("$screen", "$pageview")
+        ),
         key=lambda item: (-item[1], item[0]),
     )[:10]
     areas = await plan.feature_areas(conn, project.id)
