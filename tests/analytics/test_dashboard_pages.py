@@ -20,6 +20,7 @@ from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from shipyard.core.models import audit_log
 from tests.analytics.helpers import basic, stored, track
+from tests.conftest import admin_headers
 from tests.dashboard.test_login import login
 from tests.errors.helpers import process
 from tests.errors.test_release_health import send_sessions, session
@@ -156,6 +157,18 @@ async def test_viewers_see_saved_insights_but_cannot_change_them(
     page = (await dev.get(f"{base}/retention")).text
     form = {"csrf_token": _csrf(page), "kind": "retention", "query": _field(page, "query"), "name": "Weekly"}
     insight_url = (await dev.post(f"{base}/insights", data={**form, "pinned": "1"})).headers["location"]
+
+    # Kinds the pages have no form for (saved through the API) still open, with their CSV.
+    api = f"/api/v1/projects/{project['id']}/analytics/saved-insights"
+    for kind, query in (("top-events", {}), ("paths", {"anchor": "post_liked"}), ("sessions", {})):
+        body = {"name": f"API {kind}", "kind": kind, "query": query, "pinned": True}
+        created = await client.post(api, json=body, headers=admin_headers(project))
+        assert created.status_code == 201, created.text
+        opened = await dev.get(f"{base}/insights/{created.json()['id']}")
+        assert opened.status_code == 200 and f"API {kind}" in opened.text
+        assert (await dev.get(f"{base}/insights/{created.json()['id']}", params={"format": "csv"})).status_code == 200
+    assert (await dev.get(base)).status_code == 200
+    assert (await dev.get(f"{base}/insights/99999999999999999999")).status_code in (400, 404, 422)
 
     viewer = await browser_for(Role.viewer)
     trends = (await viewer.get(f"{base}/retention")).text
