@@ -106,3 +106,135 @@ def test_analytics_pages(live_server: Any) -> None:
         page.screenshot(path=str(SCREENSHOTS / "analytics-retention.png"), full_page=True)
         browser.close()
     assert offsite == [], offsite
+
+
+def _login(page: Any, live_server: Any) -> None:
+    creds = live_server.creds
+    page.goto(live_server.url + "/login")
+    page.fill("input[name=email]", creds["admin_email"])
+    page.fill("input[name=password]", creds["admin_password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**/projects/{creds['project_slug']}")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_saved_insights_and_tracking_plan_editor(live_server: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    creds = live_server.creds
+    slug = creds["project_slug"]
+    start = (datetime.now(UTC) - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    auth = "Basic " + base64.b64encode(f"{creds['write_key']}:".encode()).decode()
+    sent = httpx.post(
+        live_server.url + "/v1/batch", json={"batch": _events(start)}, headers={"Authorization": auth}, timeout=10
+    )
+    assert sent.status_code == 200, sent.text
+    day = start.date().isoformat()
+    base = f"{live_server.url}/projects/{slug}/analytics"
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        page = browser.new_page(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+        offsite: list[str] = []
+        page.on("request", lambda r: offsite.append(r.url) if not r.url.startswith(live_server.url) else None)
+        page.on("dialog", lambda d: d.accept())
+        _login(page, live_server)
+
+        # Save a funnel from its page, pinned, and find it drawn on the overview.
+        steps = "app_opened, plant_created, care_task_completed"
+        page.goto(f"{base}/funnel?steps={steps}&window_value=1&window_unit=day&date_from={day}&date_to={day}")
+        page.fill("#save-insight input[name=name]", "Plant onboarding")
+        page.check("#save-insight input[name=pinned]")
+        page.click("#save-insight button[type=submit]")
+        page.wait_for_url("**/analytics/insights/*")
+        assert page.locator("#insight-name").inner_text().startswith("Plant onboarding")
+        assert page.locator("#funnel-steps td.count").all_inner_texts() == ["3", "2", "1"]
+        with page.expect_download() as download:
+            page.click("#csv")
+        assert "(all),3,care_task_completed,1" in download.value.path().read_text()
+        page.click("#edit-query")
+        page.wait_for_url("**/analytics/funnel?*")
+        assert page.locator("input[name=steps]").input_value() == steps
+
+        # A trend saved unpinned, then pinned from the list.
+        page.goto(f"{base}/trends?events=app_opened&interval=day&date_from={day}&date_to={day}")
+        page.fill("#save-insight input[name=name]", "App opens")
+        page.click("#save-insight button[type=submit]")
+        page.wait_for_url("**/analytics/insights/*")
+        page.click("#analytics-nav >> text=Saved insights")
+        row = page.locator("#saved-insights tr", has_text="App opens")
+        assert row.locator("td.pinned").inner_text() == "no"
+        row.locator("button.pin").click()
+        page.wait_for_load_state()
+        row = page.locator("#saved-insights tr", has_text="App opens")
+        assert row.locator("td.pinned").inner_text() == "yes"
+        row.locator("input[name=name]").fill("Daily app opens")
+        row.locator("form.rename button").click()
+        page.wait_for_load_state()
+        assert page.locator("#saved-insights td.name").all_inner_texts() == ["Plant onboarding", "Daily app opens"]
+
+        page.click("#analytics-nav >> text=Overview")
+        page.wait_for_url(f"**/projects/{slug}/analytics")
+        cards = page.locator("#pinned .pinned-insight")
+        assert cards.count() == 2
+        assert cards.nth(0).locator("svg rect").count() == 3  # the funnel's bars, drawn in the page
+        assert cards.nth(1).locator("svg polyline").count() == 1  # the trend's line
+        page.screenshot(path=str(SCREENSHOTS / "analytics-pinned.png"), full_page=True)
+
+        page.click("#analytics-nav >> text=Saved insights")
+        page.locator("#saved-insights tr", has_text="Daily app opens").locator("button.delete").click()
+        page.wait_for_load_state()
+        assert page.locator("#saved-insights td.name").all_inner_texts() == ["Plant onboarding"]
+
+        # The tracking plan: install the CanaBro plan, edit a schema, block violations.
+        page.click("#analytics-nav >> text=Tracking plan")
+        assert page.locator("#empty-plan").count() == 1
+        page.click("#install-default button")
+        page.wait_for_load_state()
+        areas = page.locator("section.plan-area").evaluate_all("els => els.map(e => e.dataset.area)")
+        assert areas == ["calendar_reminders", "community", "diagnosis", "plant_management", "strain_database"]
+        usage = page.locator("#area-usage tr[data-area=plant_management]")
+        assert usage.locator("td.count").inner_text() == "3" and usage.locator("td.users").inner_text() == "2"
+        page.locator("tr[data-event=care_task_completed] a").click()
+        page.wait_for_url("**/plan/edit?event=care_task_completed")
+        page.fill("input[name=prop_name_3]", "duration_minutes")
+        page.select_option("select[name=prop_type_3]", "integer")
+        page.check("input[name=prop_required_3]")
+        page.click("#schema-form button[type=submit]")
+        page.wait_for_url("**/analytics/plan")
+        props = page.locator("tr[data-event=care_task_completed] td.properties").inner_text()
+        assert "duration_minutes: integer (required)" in props
+        page.select_option("#enforcement-form select", "block")
+        page.click("#enforcement-form button")
+        page.wait_for_load_state()
+        assert page.locator("#enforcement-mode").inner_text() == "recorded and not stored"
+
+        violating = {**_events(start)[2], "messageId": str(uuid.uuid4())}  # care_task_completed, no duration
+        blocked = httpx.post(
+            live_server.url + "/v1/batch", json={"batch": [violating]}, headers={"Authorization": auth}, timeout=10
+        )
+        assert blocked.status_code == 200
+        page.reload()
+        assert page.locator("tr[data-event=care_task_completed] td.violations").inner_text() != "0"
+        section = page.locator("#violations")
+        assert section.locator("h3[data-event=care_task_completed]").count() == 1
+        assert "missing_property" in section.inner_text() and "duration_minutes" in section.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "analytics-plan.png"), full_page=True)
+
+        page.goto(f"{base}/plan/edit")
+        page.fill("input[name=event]", "photo_uploaded")
+        page.fill("input[name=prop_name_0]", "size")
+        page.fill("input[name=prop_name_1]", "size")
+        page.click("#schema-form button[type=submit]")
+        assert "listed twice" in page.locator("#plan-error").inner_text()
+        page.fill("input[name=prop_name_1]", "")
+        page.fill("input[name=feature_area]", "diagnosis")
+        page.click("#schema-form button[type=submit]")
+        page.wait_for_url("**/analytics/plan")
+        page.locator("tr[data-event=photo_uploaded] a").click()
+        page.wait_for_url("**/plan/edit?event=photo_uploaded")
+        page.click("#delete-schema button")
+        page.wait_for_url("**/analytics/plan")
+        assert page.locator("tr[data-event=photo_uploaded]").count() == 0
+        browser.close()
+    assert offsite == [], offsite

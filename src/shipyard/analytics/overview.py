@@ -2,24 +2,25 @@
 
 Active users and event counts come from the incrementally maintained rollups (plus the
 tail above the watermark), so the page stays fast as raw events grow. Crash-free rate
-and notification opens belong to other features: they are read through their services
-when those are installed (``shipyard.errors.service.crash_free_rate`` and
-``shipyard.push.service.notification_open_stats``), and from the apps' own
-``Push Notification Tapped``/``Opened`` events otherwise.
+and notification opens belong to other features and are read through their service
+functions (``shipyard.errors.service.crash_free_rate`` and
+``shipyard.push.service.notification_open_stats``), never their tables. Apps that track
+their own ``Push Notification Tapped``/``Opened`` events see those counted as well.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.analytics import behaviour, plan, queries
 from shipyard.analytics.config import config_of
-from shipyard.analytics.sqlparts import NON_ACTIONS, day_number
+from shipyard.analytics.sqlparts import NON_ACTIONS, day_date, day_number
 from shipyard.core.context import Context
 from shipyard.core.projects import Project
 
@@ -42,23 +43,50 @@ async def _optional(ctx: Context, module_name: str, function: str, *args: Any) -
         return None
 
 
+async def _active_users(conn: AsyncConnection, project_id: int, today: date) -> dict[str, Any]:
+    """DAU for each of the last 30 days, and today's DAU, WAU, MAU and stickiness.
+
+    The same definitions as the active-users insight, but only today's WAU and MAU: one
+    read of 30 days of (user, day) pairs from the rollups instead of the 59 days and the
+    per-day rolling windows the insight needs for its 30-day WAU/MAU series."""
+    first, last = day_number(today) - 29, day_number(today)
+    pairs = await queries.activity_pairs(conn, project_id, first, last)
+    per_day = Counter(day for _user, day in pairs)
+    dau_series = [(day_date(d).isoformat(), per_day.get(d, 0)) for d in range(first, last + 1)]
+    week = {user for user, day in pairs if day > last - 7}
+    month = {user for user, _day in pairs}
+    dau = per_day.get(last, 0)
+    return {
+        "dau_series": dau_series,
+        "today": {
+            "dau": dau,
+            "wau": len(week),
+            "mau": len(month),
+            "stickiness": round(dau / len(month), 4) if month else None,
+        },
+    }
+
+
 async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dict[str, Any]:
     today = datetime.now(UTC).date()
     week_start = today - timedelta(days=6)
-    active = await queries.active_users(
-        conn, project.id, queries.ActiveUsersQuery(date_from=today - timedelta(days=29), date_to=today)
-    )
+    active = await _active_users(conn, project.id, today)
     counts = await queries.daily_event_counts(conn, project.id, day_number(week_start), day_number(today))
     per_event: dict[str, int] = {}
     for (_day, event), n in counts.items():
         per_event[event] = per_event.get(event, 0) + n
     top = sorted(
-        ((e, n) for e, n in per_event.items() if e not in NON_ACTIONS and e not in ("$screen", "$pageview")),
+        (
+            (e, n)
+            for e, n in per_event.items()
+            # n is 0 once every such event was erased (the rollups are decremented).
+            if n > 0 and e not in NON_ACTIONS and e not in ("$screen", "$pageview")
+        ),
         key=lambda item: (-item[1], item[0]),
     )[:10]
     areas = await plan.feature_areas(conn, project.id)
     area_counts = {area: sum(per_event.get(e, 0) for e in names) for area, names in sorted(areas.items())}
-    opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
+    tracked_opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
     timeout = config_of(project).session_timeout_ms(ctx.settings)
     week = behaviour.SessionsQuery(date_from=week_start, date_to=today)
     sessions = (await behaviour.sessions(conn, project.id, week, timeout))["summary"]
@@ -67,18 +95,19 @@ async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dic
     push_opens = await _optional(ctx, "shipyard.push.service", "notification_open_stats", project.id, since)
     return {
         "today": today.isoformat(),
-        "active_users": {
-            "dau": active["dau"][-1],
-            "wau": active["wau"][-1],
-            "mau": active["mau"][-1],
-            "stickiness": active["stickiness"][-1],
-        },
-        "dau_series": list(zip(active["days"], active["dau"], strict=True)),
+        "active_users": active["today"],
+        "dau_series": active["dau_series"],
         "events_last_7_days": sum(n for e, n in per_event.items() if e not in NON_ACTIONS),
         "screen_views_last_7_days": per_event.get("$screen", 0) + per_event.get("$pageview", 0),
         "top_events": [{"event": e, "count": n} for e, n in top],
         "feature_areas": [{"feature_area": a, "count": n} for a, n in area_counts.items()],
         "sessions_last_7_days": sessions,
-        "notification_opens_last_7_days": push_opens if push_opens is not None else opens,
+        "notification_opens_last_7_days": _notification_opens(push_opens, tracked_opens),
         "crash_free_rate": crash_free,
     }
+
+
+def _notification_opens(push_stats: dict[str, Any] | None, tracked_opens: int) -> dict[str, Any]:
+    """Opens of notifications Shipyard sent (push service) next to the app's own open events."""
+    stats = push_stats or {"sent": 0, "delivered": 0, "opened": 0, "open_rate": None}
+    return {**stats, "tracked_open_events": tracked_opens}

@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core import projects
+from shipyard.core.context import Context
 from shipyard.core.db import utcnow
 from shipyard.core.errors import NotFound
 from shipyard.errors import health
@@ -33,7 +34,7 @@ from shipyard.errors.models import (
 )
 from shipyard.settings import Settings
 
-__all__ = ["erase_user", "export_user", "get_transaction", "list_transactions"]
+__all__ = ["crash_free_rate", "erase_user", "export_user", "get_transaction", "list_transactions"]
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -370,3 +371,21 @@ async def known_environments(conn: AsyncConnection, project_id: int) -> list[str
         .where(issue_tags.c.project_id == project_id, issue_tags.c.key == "environment")
     )
     return sorted(r[0] for r in rows)
+
+
+# --- release health for other features --------------------------------------------------------------
+
+
+async def crash_free_rate(ctx: Context, project_id: int, since: datetime) -> dict[str, Any]:
+    """Read-only: crash-free sessions and users since ``since`` (all releases), for dashboards.
+
+    The rates are None when no session was reported in the period.
+    """
+    async with ctx.db.connect() as conn:
+        totals = await health.totals(conn, project_id, since)
+    return {
+        "crash_free_sessions": totals["crash_free_sessions"],
+        "crash_free_users": totals["crash_free_users"],
+        "sessions": totals["sessions"],
+        "sessions_crashed": totals["sessions_crashed"],
+    }

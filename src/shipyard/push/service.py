@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core.context import Context
@@ -68,3 +69,24 @@ async def erase_user(conn: AsyncConnection, project_id: int, user_id: str) -> in
         await conn.execute(delete(users).where(users.c.project_id == project_id, users.c.user_id == user_id))
     ).rowcount or 0
     return int(erased)
+
+
+async def notification_open_stats(ctx: Context, project_id: int, since: datetime) -> dict[str, Any]:
+    """Read-only: push messages sent since ``since`` and how many of them were opened.
+
+    For the analytics overview; counts messages created since ``since`` (index on
+    project and creation time), with the open rate over those delivered (or sent).
+    """
+    m = messages.c
+    stmt = select(func.count(m.sent_at), func.count(m.delivered_at), func.count(m.opened_at)).where(
+        m.project_id == project_id, m.created_at >= since
+    )
+    async with ctx.db.connect() as conn:
+        sent, delivered, opened = (int(v or 0) for v in (await conn.execute(stmt)).one())
+    base = delivered or sent
+    return {
+        "sent": sent,
+        "delivered": delivered,
+        "opened": opened,
+        "open_rate": round(opened / base, 4) if base else None,
+    }
