@@ -61,6 +61,11 @@ async def test_reports_survive_shutdown_and_feed_metrics(tmp_path: Path) -> None
             "shipyard_updates_channel_devices", {"project": label, "channel": "production", "source": "ota"}
         )
         assert ota == 25
+        # Adoption of a plain release (no rollout) is exported per update too.
+        running = REGISTRY.get_sample_value("shipyard_updates_devices_running", {"project": label, "update": update_id})
+        assert running == 25
+        rate = REGISTRY.get_sample_value("shipyard_updates_failed_launch_rate", {"project": label, "update": update_id})
+        assert rate == 0.0
     finally:
         await reopened.close()
 
