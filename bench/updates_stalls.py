@@ -14,7 +14,9 @@ latency tail the feature adds; the database work itself runs in the driver's thr
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -119,10 +121,24 @@ async def flush_cpu(devices: int) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    total, longest, written = asyncio.run(flush_cpu(6000))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    parser.add_argument("--quick", action="store_true", help="1,000 devices instead of 6,000")
+    args = parser.parse_args()
+    total, longest, written = asyncio.run(flush_cpu(1000 if args.quick else 6000))
+    results = {
+        "flush_rows": written,
+        "flush_loop_cpu_ms": round(total, 2),
+        "flush_longest_step_ms": round(longest, 2),
+        "full_gc_cpu_ms_not_frozen": full_gc_cpu_ms(freeze=False),
+        "full_gc_cpu_ms_frozen": full_gc_cpu_ms(freeze=True),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
     print(f"flush of {written} device rows: {total:.1f} ms loop CPU in all, longest step {longest:.2f} ms")
-    print(f"full GC over the started app, startup heap not frozen: {full_gc_cpu_ms(freeze=False):.1f} ms CPU")
-    print(f"full GC over the started app, startup heap frozen:     {full_gc_cpu_ms(freeze=True):.1f} ms CPU")
+    print(f"full GC over the started app, startup heap not frozen: {results['full_gc_cpu_ms_not_frozen']:.1f} ms CPU")
+    print(f"full GC over the started app, startup heap frozen:     {results['full_gc_cpu_ms_frozen']:.1f} ms CPU")
 
 
 if __name__ == "__main__":
