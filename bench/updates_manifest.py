@@ -122,6 +122,13 @@ def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): CPU per response is the
+    figure that survives a noisy machine, unlike wall-clock latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(url: str, script: str, seconds: int, connections: int, workdir: Path, name: str) -> dict[str, Any]:
     lua = workdir / f"{name}.lua"
     lua.write_text(script)
@@ -224,7 +231,11 @@ def main() -> None:
             "done": LUA_DONE,
         }
         warm = run_wrk(url + path, script, 2, args.connections, work, "warm")
+        cpu_before = cpu_seconds(server.pid)
         shipyard_result = run_wrk(url + path, script, args.seconds, args.connections, work, "manifest")
+        shipyard_result["cpu_us_per_response"] = (
+            (cpu_seconds(server.pid) - cpu_before) / shipyard_result["requests"] * 1e6
+        )
         launch = manifest["launchAsset"]["url"]
         asset_headers = '{["Accept-Encoding"] = "br, gzip", ["Accept"] = "application/javascript"}'
         asset_script = LUA_PLAIN % {
@@ -264,7 +275,11 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{base_port}"
         wait_up(base_url + path, baseline)
         run_wrk(base_url + path, script, 2, args.connections, work, "warm-base")
+        cpu_before = cpu_seconds(baseline.pid)
         baseline_result = run_wrk(base_url + path, script, args.seconds, args.connections, work, "baseline")
+        baseline_result["cpu_us_per_response"] = (
+            (cpu_seconds(baseline.pid) - cpu_before) / baseline_result["requests"] * 1e6
+        )
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -286,12 +301,15 @@ def main() -> None:
         f"manifest endpoint, {args.connections} connections, {args.seconds} s, signing on, 10 % rollout active,"
         " random EAS-Client-ID per request"
     )
-    print(f"{'':<34}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'':<34}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU µs/resp':>13}")
     for name, r in (
         ("shipyard GET /updates/…/manifest", shipyard_result),
         ("baseline fixed-response ASGI", baseline_result),
     ):
-        print(f"{name:<34}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
+        print(
+            f"{name:<34}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+            f"{r['cpu_us_per_response']:>13.0f}"
+        )
     print(f"ratio shipyard/baseline: {shipyard_result['rps'] / baseline_result['rps']:.2f}")
     a = results["asset"]
     print(

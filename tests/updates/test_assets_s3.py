@@ -21,6 +21,7 @@ import pytest
 from shipyard.app import create_app
 from shipyard.core import auth, projects
 from shipyard.core.auth import Role
+from shipyard.core.context import Context
 from tests.conftest import free_port, make_ctx, make_settings
 from tests.updates.helpers import expo_headers, make_export, parse_multipart, publish_export
 
@@ -42,7 +43,9 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-async def s3_client(tmp_path: Path, endpoint: str, **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+async def s3_client(
+    tmp_path: Path, endpoint: str, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any, Context]]:
     bucket = "ota-" + uuid.uuid4().hex[:10]
     settings = make_settings(
         tmp_path,
@@ -86,7 +89,7 @@ async def s3_client(tmp_path: Path, endpoint: str, **overrides: Any) -> AsyncIte
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=transport, base_url="http://testserver") as c,
         ):
-            yield c, project
+            yield c, project, ctx
     finally:
         await ctx.close()
 
@@ -103,7 +106,7 @@ def _assets(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_s3_proxied_with_compression(s3_endpoint: str, tmp_path: Path) -> None:
-    async for client, project in s3_client(tmp_path, s3_endpoint):
+    async for client, project, _ctx in s3_client(tmp_path, s3_endpoint):
         manifest = await _manifest(client, project, tmp_path)
         for asset in _assets(manifest):
             path = httpx.URL(asset["url"]).raw_path.decode()
@@ -124,7 +127,7 @@ async def test_s3_proxied_with_compression(s3_endpoint: str, tmp_path: Path) -> 
 
 
 async def test_s3_presigned_redirect_keeps_type_and_encoding(s3_endpoint: str, tmp_path: Path) -> None:
-    async for client, project in s3_client(tmp_path, s3_endpoint, s3_presign=True):
+    async for client, project, _ctx in s3_client(tmp_path, s3_endpoint, s3_presign=True):
         manifest = await _manifest(client, project, tmp_path)
         async with httpx.AsyncClient(timeout=10) as outside:  # the device, following the 302 to the bucket
             for asset in _assets(manifest):
@@ -153,24 +156,72 @@ async def test_s3_presigned_redirect_keeps_type_and_encoding(s3_endpoint: str, t
 
 
 async def test_cdn_or_public_bucket_base_url(s3_endpoint: str, tmp_path: Path) -> None:
-    # A public bucket's own URL is the simplest "CDN": direct, unsigned object URLs.
-    async for client, project in s3_client(tmp_path, s3_endpoint, cdn_base_url=s3_endpoint + "/{bucket}"):
+    # A public bucket's own URL is the simplest "CDN": direct, unsigned object URLs. It
+    # answers with the metadata stored on the object, so each asset must arrive with its
+    # own content type, immutable caching and, when compressed, its content encoding.
+    async for client, project, _ctx in s3_client(tmp_path, s3_endpoint, cdn_base_url=s3_endpoint + "/{bucket}"):
         manifest = await _manifest(client, project, tmp_path)
         async with httpx.AsyncClient(timeout=10) as outside:
             for asset in _assets(manifest):
-                redirect = await client.get(
-                    httpx.URL(asset["url"]).raw_path.decode(), headers={"Accept-Encoding": "br, gzip"}
-                )
-                assert redirect.status_code == 302
-                target = redirect.headers["location"]
-                assert target.startswith(s3_endpoint + "/ota-") and "X-Amz-Signature" not in target
-                got = await outside.get(target, headers={"Accept-Encoding": "identity"})
-                assert got.status_code == 200
-                assert b64url_sha256(got.content) == asset["hash"]
+                for coding in ("identity", "br", "gzip"):
+                    redirect = await client.get(
+                        httpx.URL(asset["url"]).raw_path.decode(), headers={"Accept-Encoding": coding}
+                    )
+                    assert redirect.status_code == 302
+                    assert redirect.headers["vary"] == "accept-encoding"
+                    target = redirect.headers["location"]
+                    assert target.startswith(s3_endpoint + "/ota-") and "X-Amz-Signature" not in target
+                    async with outside.stream("GET", target, headers={"Accept-Encoding": coding}) as got:
+                        raw = b"".join([chunk async for chunk in got.aiter_raw()])
+                        assert got.status_code == 200
+                        assert got.headers["content-type"] == asset["contentType"]
+                        assert got.headers["cache-control"] == "public, max-age=31536000, immutable"
+                        encoding = got.headers.get("content-encoding")
+                    if asset is manifest["launchAsset"]:
+                        assert encoding == (None if coding == "identity" else coding)
+                    else:
+                        assert encoding in (None, coding)  # never an encoding the client refused
+                    data = {"br": brotli.decompress, "gzip": gzip.decompress}.get(encoding or "", bytes)(raw)
+                    assert b64url_sha256(data) == asset["hash"]
+
+
+async def test_cdn_copies_are_written_for_assets_published_before(s3_endpoint: str, tmp_path: Path) -> None:
+    # Assets published before served copies existed (or whose copy was deleted) get one on
+    # their first request, so upgrading a CDN deployment needs no migration step.
+    async for client, project, ctx in s3_client(tmp_path, s3_endpoint, cdn_base_url=s3_endpoint + "/{bucket}"):
+        manifest = await _manifest(client, project, tmp_path)
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
+        target = (
+            await client.get(
+                httpx.URL(manifest["launchAsset"]["url"]).raw_path.decode(), headers={"Accept-Encoding": "identity"}
+            )
+        ).headers["location"]
+        bucket, key = httpx.URL(target).path.lstrip("/").split("/", 1)
+        assert key.startswith("blobs/served/")
+        for listed in s3.list_objects_v2(Bucket=bucket, Prefix="blobs/served/")["Contents"]:
+            s3.delete_object(Bucket=bucket, Key=listed["Key"])
+        ctx.extras.pop("updates_asset_cache", None)  # as a restarted server: nothing cached
+        again = await client.get(
+            httpx.URL(manifest["launchAsset"]["url"]).raw_path.decode(), headers={"Accept-Encoding": "identity"}
+        )
+        assert again.headers["location"] == target
+        async with httpx.AsyncClient(timeout=10) as outside:
+            got = await outside.get(target)
+        assert got.status_code == 200
+        assert got.headers["content-type"] == manifest["launchAsset"]["contentType"]
+        assert b64url_sha256(got.content) == manifest["launchAsset"]["hash"]
 
 
 async def test_redirect_can_be_turned_off(s3_endpoint: str, tmp_path: Path) -> None:
-    async for client, project in s3_client(tmp_path, s3_endpoint, s3_presign=True, updates_asset_redirect=False):
+    async for client, project, _ctx in s3_client(tmp_path, s3_endpoint, s3_presign=True, updates_asset_redirect=False):
         manifest = await _manifest(client, project, tmp_path)
         got = await client.get(httpx.URL(manifest["launchAsset"]["url"]).raw_path.decode())
         assert got.status_code == 200 and b64url_sha256(got.content) == manifest["launchAsset"]["hash"]

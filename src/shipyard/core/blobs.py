@@ -18,6 +18,7 @@ from shipyard.core.context import Context
 from shipyard.settings import ConfigError, Settings
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}(\.[a-z0-9]{1,10})?$")
 
 
 class BlobNotFound(KeyError):
@@ -192,6 +193,48 @@ class S3BlobStore:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    # A CDN or public bucket serves an object with the metadata it was stored with, and a
+    # content-addressed blob has none (the same bytes may even be served as two types). A
+    # served copy is the bytes stored once more under a feature-chosen name with their HTTP
+    # headers; it lives under blobs/ so a bucket policy that exposes the blobs exposes it.
+    @staticmethod
+    def _served(name: str) -> str:
+        if not _SERVED_NAME.match(name):
+            raise ValueError(f"invalid served-object name {name[:40]!r}")
+        return f"blobs/served/{name}"
+
+    async def put_served_copy(self, name: str, data: bytes, headers: dict[str, str]) -> None:
+        """Store ``data`` as ``blobs/served/<name>`` with HTTP metadata (content-type,
+        content-encoding, cache-control) that S3, and a CDN in front of it, answer with."""
+        extra: dict[str, Any] = {}
+        for header, value in headers.items():
+            param = _PUT_METADATA.get(header.lower())
+            if param:
+                extra[param] = value
+        await asyncio.to_thread(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._served(name),
+            Body=data,
+            ChecksumSHA256=_b64_sha256(data),
+            **extra,
+        )
+
+    async def has_served_copy(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=self._served(name))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
+    def served_copy_url(self, name: str) -> str | None:
+        """The CDN (or public bucket) URL of a served copy; None without a CDN base URL."""
+        return f"{self.cdn_base_url}/{self._served(name)}" if self.cdn_base_url else None
+
     @property
     def signs_response_headers(self) -> bool:
         return self.presign and not self.cdn_base_url
@@ -205,6 +248,13 @@ _RESPONSE_OVERRIDES = {
     "content-encoding": "ResponseContentEncoding",
     "cache-control": "ResponseCacheControl",
     "content-disposition": "ResponseContentDisposition",
+}
+
+
+_PUT_METADATA = {
+    "content-type": "ContentType",
+    "content-encoding": "ContentEncoding",
+    "cache-control": "CacheControl",
 }
 
 

@@ -38,19 +38,50 @@ async def evaluate_policies(ctx: Context, payload: dict[str, Any], job: jobs.Job
 
 @jobs.handler("updates.refresh_metrics")
 async def refresh_metrics(ctx: Context, payload: dict[str, Any], job: jobs.JobInfo) -> None:
-    """Gauges for updates under rollout and each channel's embedded/OTA split."""
+    """Per-update adoption and launch-health gauges, and each channel's embedded/OTA split.
+
+    Exported for updates under an active or halted rollout and for every update of this
+    server that installations report running, so adoption of a plain release is visible too
+    (updates nobody runs any more drop out instead of growing the label set forever)."""
     async with ctx.db.connect() as conn:
         live = list(await conn.execute(select(rollouts).where(rollouts.c.status.in_(service.ACTIVE_ROLLOUT))))
         for row in live:
             telemetry.ROLLOUT_PERCENTAGE.labels(str(row.project_id), row.group_id).set(row.percentage)
-            for (update_id,) in await conn.execute(select(updates.c.id).where(updates.c.group_id == row.group_id)):
-                health = await telemetry.update_health(conn, update_id)
-                labels = (str(row.project_id), update_id)
-                telemetry.DEVICES_RUNNING.labels(*labels).set(health["devices_running"])
-                telemetry.FAILED_LAUNCHES.labels(*labels).set(health["failed_launches"])
-                telemetry.FAILED_LAUNCH_RATE.labels(*labels).set(health["failure_rate"] or 0.0)
+        watched: dict[str, int] = {}
+        for group_id in {row.group_id for row in live}:
+            for update_row in await conn.execute(
+                select(updates.c.id, updates.c.project_id).where(updates.c.group_id == group_id)
+            ):
+                watched[update_row.id] = update_row.project_id
+        running = await conn.execute(
+            select(updates.c.id, updates.c.project_id).where(
+                updates.c.id.in_(select(devices.c.current_update_id).where(devices.c.current_update_id.is_not(None)))
+            )
+        )
+        for update_row in running:
+            watched[update_row.id] = update_row.project_id
+        for update_id, project_id in sorted(watched.items()):
+            health = await telemetry.update_health(conn, update_id)
+            labels = (str(project_id), update_id)
+            telemetry.DEVICES_RUNNING.labels(*labels).set(health["devices_running"])
+            telemetry.FAILED_LAUNCHES.labels(*labels).set(health["failed_launches"])
+            telemetry.FAILED_LAUNCH_RATE.labels(*labels).set(health["failure_rate"] or 0.0)
+        _forget_stale(watched)
         with_devices = [r[0] for r in await conn.execute(select(devices.c.project_id).distinct())]
         for project_id in with_devices:
             for split in await telemetry.channel_split(conn, project_id):
                 for source in ("embedded", "ota"):
                     telemetry.DEVICES_BY_SOURCE.labels(str(project_id), split["channel"], source).set(split[source])
+
+
+def _forget_stale(watched: dict[str, int]) -> None:
+    """Drop gauge children of updates no longer watched (their last value would lie)."""
+    keep = {(str(project_id), update_id) for update_id, project_id in watched.items()}
+    for gauge in (telemetry.DEVICES_RUNNING, telemetry.FAILED_LAUNCHES, telemetry.FAILED_LAUNCH_RATE):
+        exported = {
+            (sample.labels["project"], sample.labels["update"])
+            for metric in gauge.collect()
+            for sample in metric.samples
+        }
+        for labels in exported - keep:
+            gauge.remove(*labels)

@@ -21,6 +21,7 @@ from shipyard.core.blobs import BlobNotFound, blob_store
 from shipyard.core.context import Context
 from shipyard.core.deps import get_ctx
 from shipyard.core.errors import ApiError, NotFound
+from shipyard.updates import service
 from shipyard.updates.models import assets
 from shipyard.updates.protocol import parse_request
 from shipyard.updates.resolver import resolver
@@ -82,6 +83,7 @@ class AssetCache:
     def __init__(self) -> None:
         self.rows: dict[tuple[int, str], Any] = {}
         self.missing: dict[tuple[int, str], float] = {}
+        self.served: dict[tuple[str, str | None], str] = {}  # CDN URLs of served copies
         self.blobs: OrderedDict[str, bytes] = OrderedDict()
         self.blob_bytes = 0
 
@@ -167,9 +169,22 @@ async def asset(project_id: int, storage_key: str, request: Request) -> Response
             if encoding:
                 wanted["content-encoding"] = encoding
             url = store.public_url(blob_key, wanted)
+        elif service.cdn_store(ctx) is not None:
+            # A CDN (or a public bucket) serves objects with the metadata they were stored
+            # with: point at the served copy of this asset in the chosen encoding, written at
+            # publish (or now, for assets published before served copies existed).
+            name = (row.storage_key, encoding)
+            try:
+                url = (
+                    await service.ensure_served_copy(ctx, row, encoding, known_absent=False)
+                    if name not in cache.served
+                    else cache.served[name]
+                )
+            except BlobNotFound:
+                raise ApiError(503, "unavailable", "the asset is recorded but its bytes are unavailable") from None
+            if url:
+                cache.served[name] = url
         else:
-            # A CDN (or a public bucket) serves the object as stored: the identity bytes,
-            # which the CDN may compress on its own.
             url = store.public_url(row.blob_key)
         if url:
             return RedirectResponse(url, status_code=302, headers=redirect)

@@ -18,6 +18,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import brotli
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core import audit, projects
 from shipyard.core.audit import Actor
-from shipyard.core.blobs import BlobNotFound, blob_store, valid_key
+from shipyard.core.blobs import BlobNotFound, S3BlobStore, blob_store, valid_key
 from shipyard.core.context import Context
 from shipyard.core.db import insert_ignore, utcnow
 from shipyard.core.errors import ApiError, BadRequest, Conflict, NotFound
@@ -304,6 +305,37 @@ async def store_blob(ctx: Context, project_id: int, key: str, data: bytes) -> bo
     return bool(result.rowcount)
 
 
+ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
+_ENCODING_SUFFIX = {None: "", "br": ".br", "gzip": ".gz"}
+
+
+def cdn_store(ctx: Context) -> S3BlobStore | None:
+    """The S3 store when assets are handed out as CDN / public-bucket URLs."""
+    store = blob_store(ctx)
+    return store if isinstance(store, S3BlobStore) and store.cdn_base_url else None
+
+
+async def ensure_served_copy(
+    ctx: Context, asset: Any, encoding: str | None, data: bytes | None = None, *, known_absent: bool = False
+) -> str | None:
+    """Make sure the CDN serves this asset (in this encoding) with its content type, encoding
+    and immutable caching: a CDN returns an object with the metadata it was stored with, and
+    content-addressed blobs carry none. Returns the URL, or None when not in CDN mode."""
+    store = cdn_store(ctx)
+    if store is None:
+        return None
+    name = asset.storage_key + _ENCODING_SUFFIX[encoding]
+    if known_absent or not await store.has_served_copy(name):
+        if data is None:
+            key = {None: asset.blob_key, "br": asset.br_key, "gzip": asset.gzip_key}[encoding]
+            data = await store.get(key)
+        headers = {"content-type": asset.content_type, "cache-control": ASSET_CACHE_CONTROL}
+        if encoding:
+            headers["content-encoding"] = encoding
+        await store.put_served_copy(name, data, headers)
+    return store.served_copy_url(name)
+
+
 def _compressible(content_type: str) -> bool:
     return content_type.startswith(_COMPRESSIBLE_PREFIXES)
 
@@ -376,6 +408,14 @@ async def _register_assets(
                 "br_key": br_key,
                 "created_at": utcnow(),
             }
+            if cdn_store(ctx) is not None:
+                # Before the row exists: once an update references the asset, the CDN has it.
+                row_like = SimpleNamespace(**values)
+                await ensure_served_copy(ctx, row_like, None, data)
+                if gzip_key:
+                    await ensure_served_copy(ctx, row_like, "gzip", gz)
+                if br_key:
+                    await ensure_served_copy(ctx, row_like, "br", br)
             async with ctx.db.transaction() as conn:
                 await conn.execute(insert_ignore(conn, assets, values, conflict_columns=["project_id", "storage_key"]))
         out[(blob_key, content_type)] = {
