@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +28,27 @@ from shipyard.settings import Settings
 log = logging.getLogger("shipyard")
 
 
+def _freeze_startup_heap() -> None:
+    """Move everything alive after startup out of the garbage collector's reach.
+
+    Profiled under the manifest benchmark: a full (generation 2) collection walked the
+    ~245,000 objects of the loaded application and held the event loop for ~145 ms of CPU,
+    once every few seconds at thousands of requests a second: every request in flight
+    waited, which was the whole of the p99. Frozen, those objects (modules, routes, tables,
+    compiled statements: all live for the life of the process) are skipped and a full
+    collection costs under 10 ms. Once per process: what is alive at the first startup is
+    what a server keeps (a test process starting many apps freezes only the first).
+    """
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
+
+_heap_frozen = False
+
+
 def create_app(settings: Settings | None = None, *, ctx: Context | None = None) -> FastAPI:
     settings = settings or (ctx.settings if ctx else Settings())
     configure_logging(settings.log_level, settings.log_format)
@@ -46,6 +68,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None) 
                 result = feature.on_startup(app)
                 if asyncio.iscoroutine(result):
                     await result
+        _freeze_startup_heap()
         worker_task = None
         if settings.embedded_worker:
             worker = Worker(context)

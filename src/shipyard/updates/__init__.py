@@ -3,7 +3,6 @@ branches, signed manifests, staged rollouts, launch-health policies and rollback
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +44,7 @@ def _on_startup(app: Any) -> None:
     reports(ctx).start()
     if fast_manifest_route not in app.router.routes:
         app.router.routes.insert(0, fast_manifest_route)
-    _freeze_startup_heap()
 
-
-def _freeze_startup_heap() -> None:
-    """Move everything alive after startup out of the garbage collector's reach.
-
-    Profiled under the manifest benchmark: a full (generation 2) collection walked the
-    ~245,000 objects of the loaded application and held the event loop for ~145 ms of CPU,
-    once every few seconds at thousands of new devices a second: every request in flight
-    waited, which was the whole of the endpoint's p99. Frozen, those objects (modules,
-    routes, tables, compiled statements: all live for the life of the process) are skipped
-    and a full collection costs under 10 ms. Once per process: what is alive at the first
-    startup is what a server keeps (a test process starting many apps freezes only the first).
-    """
-    global _heap_frozen
-    if not _heap_frozen:
-        _heap_frozen = True
-        gc.collect()
-        gc.freeze()
-
-
-_heap_frozen = False
 
 
 feature = Feature(
