@@ -66,8 +66,8 @@ from pathlib import Path
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "src")!r}]
 from tests.conftest import make_ctx, make_settings
 from shipyard.app import create_app
-import shipyard.updates as updates_feature
-updates_feature._heap_frozen = {not freeze}  # True skips the freeze
+import shipyard.app as app_module
+app_module._heap_frozen = {not freeze}  # True skips the freeze
 async def main():
     ctx = await make_ctx(make_settings(Path(tempfile.mkdtemp())))
     app = create_app(ctx=ctx)
