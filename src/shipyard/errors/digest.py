@@ -255,11 +255,11 @@ async def prepare(ctx: Context, row: Claimed, project: projects.Project) -> Prep
     for item in parsed.items:
         kind = item.type
         if kind == "event":
-            data = scrub_event(item.parsed, scrubber)
+            data = scrub_event(item.parsed, scrubber, item.payload)
             facts = normalize(data, received_at=row.received_at, store_ip=cfg.store_ip, client_ip=row.client_ip)
             out.event = PreparedEvent(facts, data, grouping.group(data))
         elif kind == "transaction":
-            out.transaction, out.spans = _prepare_transaction(item.parsed, row, cfg, scrubber)
+            out.transaction, out.spans = _prepare_transaction(item, row, cfg, scrubber)
         elif kind == "session":
             update_ = health.parse_session(row.project_id, item.parsed, row.received_at)
             if update_ is not None:
@@ -283,9 +283,9 @@ def _ms_between(start: datetime, end: datetime) -> float:
 
 
 def _prepare_transaction(
-    data: dict[str, Any], row: Claimed, cfg: ProjectConfig, scrubber: Scrubber
+    item: envelope.Item, row: Claimed, cfg: ProjectConfig, scrubber: Scrubber
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    data = scrub_event(data, scrubber)
+    data = scrub_event(item.parsed, scrubber, item.payload)
     end = parse_timestamp(data.get("timestamp"), row.received_at)
     start = parse_timestamp(data.get("start_timestamp"), end)
     contexts = obj(data.get("contexts"))
