@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, AnyStr, Generic
 
 FILTERED = "[Filtered]"
 
@@ -74,7 +75,26 @@ _NEEDLES = (
     "signature",
 )
 _DIGITS = re.compile(r"\d(?:[ -]?\d){11}")
-_CARD_SHAPE = re.compile(_CARD)
+
+
+@dataclass(frozen=True)
+class _ScreenRules(Generic[AnyStr]):
+    """The whole-document pre-screen's tests, for ``str`` or ``bytes`` documents."""
+
+    cookie: AnyStr
+    needles: tuple[AnyStr, ...]
+    card: re.Pattern[AnyStr]
+    # Every card match lies inside a chain of 12 or more digits joined by at most one space or dash.
+    chain: re.Pattern[AnyStr]
+
+
+# ASCII digits become "0", spaces and dashes "-", anything else "x" (a fast test for digit chains).
+_DIGITS_TO_ZERO = bytes(48 if 48 <= i <= 57 else 45 if i in (32, 45) else 120 for i in range(256))
+_DIGIT_CHAIN = r"\d(?:[ -]?\d){11,}"
+_STR_RULES = _ScreenRules("cookie", _NEEDLES, re.compile(_CARD), re.compile(_DIGIT_CHAIN))
+_BYTE_RULES = _ScreenRules(
+    b"cookie", tuple(n.encode() for n in _NEEDLES), re.compile(_CARD.encode()), re.compile(_DIGIT_CHAIN.encode())
+)
 
 
 def _may_match(value: str) -> bool:
@@ -108,6 +128,28 @@ def _replace(match: re.Match[str]) -> str:
 def _is_card(candidate: str) -> bool:
     digits = re.sub(r"\D", "", candidate)
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _holds_card(text: AnyStr, rules: _ScreenRules[AnyStr]) -> bool:
+    """Whether the card rule would replace anything in ``text`` (or in a string inside it).
+
+    The rule's matches in a JSON document are those in each of its strings and numbers:
+    quotes, commas and escapes end a chain of digits. Only digit chains are tried (the rule's
+    leading look-behind makes a plain search try every position of the document), each
+    from every start, a superset of the positions a substitution would try.
+    """
+    if isinstance(text, bytes) and b"0" * 12 not in text.translate(_DIGITS_TO_ZERO).replace(b"-", b""):
+        return False  # no 12 digits in a row even with every space and dash taken out: no chain
+    for chain in rules.chain.finditer(text):
+        for start in range(chain.start(), chain.end() - 11):
+            match = rules.card.match(text, start)
+            if match is not None and _is_card(_as_str(match.group(0))):
+                return True
+    return False
+
+
+def _as_str(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def scrub_string(value: str) -> str:
@@ -166,17 +208,16 @@ class Scrubber:
         """
         if b"\\u" in raw:
             return True
-        text = raw.decode("utf-8", errors="replace").lower()
-        if "cookie" in text or any(name in text for name in self.extra):
+        if raw.isascii():  # bytes.lower() is str.lower() for ASCII; other text needs Unicode rules
+            return self._screen(raw.lower(), [n.encode() for n in self.extra], _BYTE_RULES)
+        return self._screen(raw.decode("utf-8", errors="replace").lower(), self.extra, _STR_RULES)
+
+    def _screen(self, text: AnyStr, extra: list[AnyStr], rules: _ScreenRules[AnyStr]) -> bool:
+        if rules.cookie in text or any(name in text for name in extra):
             return True
         if not self.defaults:
             return False
-        if any(needle in text for needle in _NEEDLES):
-            return True
-        # With no needle only the card rule can match. Its matches in the document are those in
-        # each string and number (quotes and commas end a run of digits), so it is enough that
-        # none is a card: ids such as UUIDs often hold 12 digits in a row, rarely a valid Luhn.
-        return any(_is_card(m.group(0)) for m in _CARD_SHAPE.finditer(text))
+        return any(needle in text for needle in rules.needles) or _holds_card(text, rules)
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
