@@ -17,7 +17,11 @@ Figures:
   counted), (a) during the load, in the same process, and (b) draining the backlog afterwards
   with no ingest running;
 * the baseline: a do-nothing ASGI app under the same uvicorn reading the same body and
-  answering ``{"id": …}``.
+  answering ``{"id": …}``;
+* CPU time per event (user + system, all threads, read from /proc): the server's per accepted
+  event during the load, and all Shipyard processes' (server + worker) per grouped event over
+  the load and the drain. Unlike events/s, these hardly move with the machine's load (the
+  PostgreSQL server's own CPU is not counted).
 
 The server is pinned to CPU 0 and wrk to CPU 1 when there are two.
 """
@@ -332,11 +336,12 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
         while api.pending() and time.monotonic() < drain_deadline:
             time.sleep(0.5)
         grouped_before, _ = api.grouped()
-        cpu_server, cpu_worker = cpu_seconds(server), cpu_seconds(worker)
+        measured = None if args.profile else server  # under py-spy, server.pid is py-spy's
+        cpu_server, cpu_worker = cpu_seconds(measured), cpu_seconds(worker)
         started = time.monotonic()
         result = run_wrk(url + path, script, args.seconds, args.connections, work, "ingest")
         load_seconds = time.monotonic() - started
-        load_cpu_server = cpu_seconds(server) - cpu_server
+        load_cpu_server = cpu_seconds(measured) - cpu_server
         grouped_at_end, _ = api.grouped()
         backlog = api.pending()
         drain_started = time.monotonic()
@@ -346,7 +351,7 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
                 break
             time.sleep(0.25)
         drain_seconds = time.monotonic() - drain_started
-        total_cpu = cpu_seconds(server) + cpu_seconds(worker) - cpu_server - cpu_worker
+        total_cpu = cpu_seconds(measured) + cpu_seconds(worker) - cpu_server - cpu_worker
         grouped_final, issue_count = api.grouped()
         failed = api.client.get(api.base + "/ingest").json()["failed"]
     finally:
@@ -373,7 +378,7 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
         "issues": issue_count,
         "failed_envelopes": failed,
         # CPU time per event: robust where wall-clock rates are not (a shared, loaded machine).
-        # With --profile the server pid is py-spy's, so these are 0.
+        # Not measured (0) for the server with --profile.
         "server_cpu_ms_per_accepted": 1000 * load_cpu_server / max(accepted, 1),
         "cpu_ms_per_grouped": 1000 * total_cpu / max(grouped_total, 1),
         # Every 200 so far (probe, warm-up, measured run) against the events on issues at the end.
