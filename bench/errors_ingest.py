@@ -17,7 +17,11 @@ Figures:
   counted), (a) during the load, in the same process, and (b) draining the backlog afterwards
   with no ingest running;
 * the baseline: a do-nothing ASGI app under the same uvicorn reading the same body and
-  answering ``{"id": …}``.
+  answering ``{"id": …}``;
+* CPU time per event (user + system, all threads, read from /proc): the server's per accepted
+  event during the load, and all Shipyard processes' (server + worker) per grouped event over
+  the load and the drain. Unlike events/s, these hardly move with the machine's load (the
+  PostgreSQL server's own CPU is not counted).
 
 The server is pinned to CPU 0 and wrk to CPU 1 when there are two.
 """
@@ -241,6 +245,17 @@ def lua_bodies(bodies: list[bytes]) -> str:
     return "\n".join(f"bodies[{i + 1}] = [==[{b.decode()}]==]" for i, b in enumerate(bodies))
 
 
+def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Api:
     def __init__(self, url: str, project_id: int, secret: str) -> None:
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
@@ -321,9 +336,12 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
         while api.pending() and time.monotonic() < drain_deadline:
             time.sleep(0.5)
         grouped_before, _ = api.grouped()
+        measured = None if args.profile else server  # under py-spy, server.pid is py-spy's
+        cpu_server, cpu_worker = cpu_seconds(measured), cpu_seconds(worker)
         started = time.monotonic()
         result = run_wrk(url + path, script, args.seconds, args.connections, work, "ingest")
         load_seconds = time.monotonic() - started
+        load_cpu_server = cpu_seconds(measured) - cpu_server
         grouped_at_end, _ = api.grouped()
         backlog = api.pending()
         drain_started = time.monotonic()
@@ -333,6 +351,7 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
                 break
             time.sleep(0.25)
         drain_seconds = time.monotonic() - drain_started
+        total_cpu = cpu_seconds(measured) + cpu_seconds(worker) - cpu_server - cpu_worker
         grouped_final, issue_count = api.grouped()
         failed = api.client.get(api.base + "/ingest").json()["failed"]
     finally:
@@ -358,6 +377,10 @@ def bench_shipyard(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
         "grouped_total": grouped_total,
         "issues": issue_count,
         "failed_envelopes": failed,
+        # CPU time per event: robust where wall-clock rates are not (a shared, loaded machine).
+        # Not measured (0) for the server with --profile.
+        "server_cpu_ms_per_accepted": 1000 * load_cpu_server / max(accepted, 1),
+        "cpu_ms_per_grouped": 1000 * total_cpu / max(grouped_total, 1),
         # Every 200 so far (probe, warm-up, measured run) against the events on issues at the end.
         "lost": 1 + (warm["requests"] - warm["errors"]) + accepted - grouped_final,
     }
@@ -397,7 +420,10 @@ def bench_baseline(args: argparse.Namespace, work: Path, env: dict[str, str], bo
             "done": LUA_DONE,
         }
         run_wrk(url + path, script, 2, args.connections, work, "warm-base")
-        return run_wrk(url + path, script, args.seconds, args.connections, work, "baseline")
+        cpu = cpu_seconds(proc)
+        result = run_wrk(url + path, script, args.seconds, args.connections, work, "baseline")
+        result["cpu_ms_per_request"] = 1000 * (cpu_seconds(proc) - cpu) / max(result["requests"], 1)
+        return result
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -466,6 +492,11 @@ def main() -> None:
         f"{baseline['p95_ms']:>9.2f}{baseline['p99_ms']:>9.2f}{baseline['errors']:>9}"
     )
     print(f"ratio shipyard/baseline: {s['accepted_per_s'] / baseline['rps']:.2f}")
+    print(
+        f"CPU per event: server {s['server_cpu_ms_per_accepted']:.2f} ms per accepted event during the load "
+        f"(baseline {baseline['cpu_ms_per_request']:.2f} ms per request); "
+        f"{s['cpu_ms_per_grouped']:.2f} ms per grouped event, ingest + digest, all Shipyard processes"
+    )
     drain = f"{s['grouped_drain_per_s']:.0f}/s" if s["grouped_drain_per_s"] else "n/a (no backlog)"
     print(
         f"grouped: {s['grouped_during_load_per_s']:.0f} events/s during the load; backlog of "

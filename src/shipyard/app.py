@@ -96,6 +96,15 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None) 
 
     app.include_router(health.router)
     app.include_router(apidocs.router)
+    # Client-facing routes (ingest, manifests, flags…) get CORS and their own rate-limit class.
+    # They come before the admin API: routing tries routes in order, and the ~160 admin
+    # routes cost more per request than an envelope ingest's own work (none of their
+    # paths overlaps a client route's).
+    before = len(app.router.routes)
+    for feature in features:
+        for router in feature.public_routers():
+            app.include_router(router)
+    client_routes = flat_routes(app.router.routes[before:])
     admin = APIRouter(prefix="/api/v1")
     for core_api in (core_router, api_jobs.router, api_audit.router, api_alerts.router):
         admin.include_router(core_api)
@@ -103,12 +112,6 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None) 
         for router in feature.admin_routers():
             admin.include_router(router)
     app.include_router(admin)
-    # Client-facing routes (ingest, manifests, flags…) get CORS and their own rate-limit class.
-    before = len(app.router.routes)
-    for feature in features:
-        for router in feature.public_routers():
-            app.include_router(router)
-    client_routes = flat_routes(app.router.routes[before:])
     dashboard.install(app)
     for feature in features:
         for router in feature.dashboard_routers():

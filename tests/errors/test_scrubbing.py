@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from shipyard.core.context import Context
@@ -149,3 +152,64 @@ def test_project_fields_safe_fields_and_defaults_off() -> None:
     }
     off = Scrubber(defaults=False, extra_fields=["only_this"])
     assert off.mapping({"password": "p", "only_this": "o"}) == {"password": "p", "only_this": FILTERED}
+
+
+# --- the whole-document pre-screen ---------------------------------------------------------------
+
+_KEYS = st.sampled_from(
+    ["message", "user", "data", "password", "Token", "auth_header", "plantCode", "cookies", "value", "x"]
+)
+_STRINGS = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "Bearer abcdefgh123",
+            "4111 1111 1111 1111",
+            "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl",
+            "-----BEGIN RSA PRIVATE KEY-----xyz",
+            "api_key=shhh",
+            "PlantCode",
+            "\u212aey",  # KELVIN SIGN lower-cases to an ASCII k
+            "plain text",
+            "0f8e7d6c-5b4a-4321-9876-543210fedcba",  # 12 digits in a row, not a card
+            "4111111111111112",  # a card's shape with a wrong check digit
+        ]
+    ),
+)
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _STRINGS),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_KEYS | st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=st.dictionaries(_KEYS, _JSON, max_size=5), defaults=st.booleans(), escaped=st.booleans())
+def test_prescreen_never_changes_the_result(event: dict[str, Any], defaults: bool, escaped: bool) -> None:
+    """Skipping the walk for a document the pre-screen calls clean gives the walk's own result."""
+    import copy
+
+    import orjson
+
+    from shipyard.errors.scrub import scrub_event
+
+    scrubber = Scrubber(defaults=defaults, extra_fields=["plantcode"])
+    raw = orjson.dumps(event)
+    if escaped:  # the same document with every non-ASCII character as a \\u escape
+        raw = json.dumps(event, ensure_ascii=True).encode()
+    walked = scrub_event(copy.deepcopy(event), scrubber)
+    screened = scrub_event(copy.deepcopy(event), scrubber, raw)
+    assert screened == walked
+
+
+def test_prescreen_skips_a_clean_crash_and_catches_a_secret() -> None:
+    import orjson
+
+    scrubber = Scrubber()
+    clean = error_event(user={"id": "u-1"}, extra={"screen": "Checkout"})
+    assert not scrubber.may_need_scrubbing(orjson.dumps(clean))
+    for dirty in ({"extra": {"pwd": "x"}}, {"message": "paid 4111111111111111"}, {"tags": {"a": "\\u0074oken"}}):
+        assert scrubber.may_need_scrubbing(orjson.dumps({**clean, **dirty}))
+    assert Scrubber(extra_fields=["plant"]).may_need_scrubbing(b'{"PLANT_id": 1}')

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,7 +37,7 @@ from shipyard.core import audit, jobs, projects
 from shipyard.core.audit import Actor
 from shipyard.core.blobs import blob_store
 from shipyard.core.context import Context
-from shipyard.core.db import insert_ignore, utcnow
+from shipyard.core.db import utcnow
 from shipyard.errors import alerting, envelope, grouping, health, outcomes, releases
 from shipyard.errors.config import ProjectConfig, project_config
 from shipyard.errors.issues import IssueView, add_activity, apply_event
@@ -70,6 +70,7 @@ log = logging.getLogger("shipyard.errors.digest")
 DIGEST_KIND = "errors.digest"
 MAX_ATTEMPTS = 5
 MAX_SPANS = 1000
+LINGER_SECONDS = 0.05
 SYSTEM = Actor.system("errors.digest")
 
 PROCESSED = Counter("shipyard_errors_processed_total", "Envelope items processed by the digester", ["type"])
@@ -139,6 +140,11 @@ async def drain(ctx: Context, *, idle_seconds: float | None = None) -> int:
             handled += count
             if count:
                 deadline = time.monotonic() + idle
+                if count < ctx.settings.errors_digest_batch and idle > 0:
+                    # A part-filled batch: let more envelopes arrive first. A batch has a fixed
+                    # cost (about 17 statements), so under a steady stream a little latency
+                    # buys larger batches and leaves more CPU to the ingest path.
+                    await asyncio.sleep(min(LINGER_SECONDS, idle))
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -255,11 +261,11 @@ async def prepare(ctx: Context, row: Claimed, project: projects.Project) -> Prep
     for item in parsed.items:
         kind = item.type
         if kind == "event":
-            data = scrub_event(item.parsed, scrubber)
+            data = scrub_event(item.parsed, scrubber, item.payload)
             facts = normalize(data, received_at=row.received_at, store_ip=cfg.store_ip, client_ip=row.client_ip)
             out.event = PreparedEvent(facts, data, grouping.group(data))
         elif kind == "transaction":
-            out.transaction, out.spans = _prepare_transaction(item.parsed, row, cfg, scrubber)
+            out.transaction, out.spans = _prepare_transaction(item, row, cfg, scrubber)
         elif kind == "session":
             update_ = health.parse_session(row.project_id, item.parsed, row.received_at)
             if update_ is not None:
@@ -283,9 +289,9 @@ def _ms_between(start: datetime, end: datetime) -> float:
 
 
 def _prepare_transaction(
-    data: dict[str, Any], row: Claimed, cfg: ProjectConfig, scrubber: Scrubber
+    item: envelope.Item, row: Claimed, cfg: ProjectConfig, scrubber: Scrubber
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    data = scrub_event(data, scrubber)
+    data = scrub_event(item.parsed, scrubber, item.payload)
     end = parse_timestamp(data.get("timestamp"), row.received_at)
     start = parse_timestamp(data.get("start_timestamp"), end)
     contexts = obj(data.get("contexts"))
@@ -554,14 +560,18 @@ async def _write_events(
         hourly[(view.id, health.hour_of(f.timestamp))] += 1
         for key, value in breakdown_tags(f).items():
             tag_counts[(view.id, key, value)] += 1
-    inserted = (
-        (await conn.execute(events.insert().returning(events.c.id, sort_by_parameter_order=True), event_rows))
-        .scalars()
-        .all()
-    )
-    await conn.execute(
-        event_data.insert(), [{"event_pk": pk, "data": e.data} for pk, (_, e) in zip(inserted, fresh, strict=True)]
-    )
+    # A plain executemany, then the new ids by (project, event id), which is unique: SQLite
+    # cannot batch an INSERT … RETURNING in parameter order, and ran one statement per event.
+    await conn.execute(events.insert(), event_rows)
+    pk_of = {
+        r.event_id: r.id
+        for r in await conn.execute(
+            select(events.c.id, events.c.event_id).where(
+                events.c.project_id == project.id, events.c.event_id.in_([row["event_id"] for row in event_rows])
+            )
+        )
+    }
+    await conn.execute(event_data.insert(), [{"event_pk": pk_of[e.facts.event_id], "data": e.data} for _, e in fresh])
     # One executemany per counter table: a statement per row costs a round trip to the
     # database thread each, and a batch touches hundreds of (issue, tag, value) counters.
     await _add_counts(
@@ -582,8 +592,8 @@ async def _write_events(
         "count",
         also=("last_seen",),
     )
+    await _update_issues(conn, list(views.values()))
     for view in views.values():
-        await conn.execute(update(issues).where(issues.c.id == view.id).values(**view.values()))
         for kind, details in view.transitions:
             await add_activity(conn, view.id, project.id, kind, "system", details)
             await audit.record(
@@ -605,6 +615,21 @@ async def _write_events(
         alert_regression=cfg.alert_regression,
         environments=environments,
         now=now,
+    )
+
+
+async def _update_issues(conn: AsyncConnection, views: list[IssueView]) -> None:
+    """Write back every issue of the batch in one executemany (they all set the same columns)."""
+    if not views:
+        return
+    names = list(IssueView.FIELDS)
+    stmt = (
+        update(issues)
+        .where(issues.c.id == bindparam("issue_pk"))
+        .values({name: bindparam(f"v_{name}") for name in names})
+    )
+    await conn.execute(
+        stmt, [{"issue_pk": v.id, **{f"v_{name}": value for name, value in v.values().items()}} for v in views]
     )
 
 
@@ -723,22 +748,30 @@ async def _count_users(
         )
     }
     by_id = {v.id: v for v in views.values()}
-    for (issue_id, ident), seen in pairs.items():
-        values = {
-            "issue_id": issue_id,
-            "user_ident": ident,
-            "project_id": project_id,
-            "first_seen": seen,
-            "last_seen": seen,
-        }
-        if (issue_id, ident) in known:
-            await conn.execute(
-                update(issue_users)
-                .where(issue_users.c.issue_id == issue_id, issue_users.c.user_ident == ident)
-                .values(last_seen=seen)
-            )
-        else:
-            await conn.execute(insert_ignore(conn, issue_users, values, conflict_columns=["issue_id", "user_ident"]))
+    seen_again = [
+        {"k_issue": issue_id, "k_user": ident, "seen": seen}
+        for (issue_id, ident), seen in pairs.items()
+        if (issue_id, ident) in known
+    ]
+    new_rows = [
+        {"issue_id": issue_id, "user_ident": ident, "project_id": project_id, "first_seen": seen, "last_seen": seen}
+        for (issue_id, ident), seen in pairs.items()
+        if (issue_id, ident) not in known
+    ]
+    # One executemany each, not a statement per (issue, user) pair.
+    if seen_again:
+        await conn.execute(
+            update(issue_users)
+            .where(issue_users.c.issue_id == bindparam("k_issue"), issue_users.c.user_ident == bindparam("k_user"))
+            .values(last_seen=bindparam("seen")),
+            seen_again,
+        )
+    if new_rows:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        await conn.execute(
+            dialect_insert(issue_users).on_conflict_do_nothing(index_elements=["issue_id", "user_ident"]), new_rows
+        )
+        for issue_id, _ident in (key for key in pairs if key not in known):
             by_id[issue_id].users_seen += 1
 
 

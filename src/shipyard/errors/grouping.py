@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -70,9 +71,18 @@ _UNKNOWN_FUNCTIONS = frozenset({"?", "<anonymous>", "anonymous", "<unknown>", "u
 _IGNORED_FILENAMES = frozenset({"<anonymous>", "[native code]", "native", "<unknown>", "?", ""})
 
 
+# The same frames recur in every event of a crash: normalising a name is pure, so results for
+# names of ordinary length are cached (bounded in entries and in key size).
+_CACHED_NAME_CHARS = 300
+
+
 def normalize_function(name: Any) -> str:
     if not isinstance(name, str):
         return ""
+    return _normalize_function_cached(name) if len(name) <= _CACHED_NAME_CHARS else _normalize_function(name)
+
+
+def _normalize_function(name: str) -> str:
     name = name.strip()
     if name in _UNKNOWN_FUNCTIONS:
         return ""
@@ -88,6 +98,10 @@ def normalize_filename(path: Any) -> str:
     """Basename, lower-cased, without query string and with build hashes masked."""
     if not isinstance(path, str):
         return ""
+    return _normalize_filename_cached(path) if len(path) <= _CACHED_NAME_CHARS else _normalize_filename(path)
+
+
+def _normalize_filename(path: str) -> str:
     path = path.split("?", 1)[0].split("#", 1)[0].strip()
     base = re.split(r"[/\\]", path)[-1].lower()
     if base in _IGNORED_FILENAMES:
@@ -98,7 +112,16 @@ def normalize_filename(path: Any) -> str:
 def normalize_module(module: Any) -> str:
     if not isinstance(module, str):
         return ""
+    return _normalize_module_cached(module) if len(module) <= _CACHED_NAME_CHARS else _normalize_module(module)
+
+
+def _normalize_module(module: str) -> str:
     return _HASHY.sub("<hash>", module.strip())[:200]
+
+
+_normalize_function_cached = lru_cache(maxsize=16384)(_normalize_function)
+_normalize_filename_cached = lru_cache(maxsize=16384)(_normalize_filename)
+_normalize_module_cached = lru_cache(maxsize=16384)(_normalize_module)
 
 
 def frame_component(frame: dict[str, Any]) -> str | None:
