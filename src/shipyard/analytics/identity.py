@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, select, union, update
+from sqlalchemy import and_, bindparam, delete, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -310,6 +310,86 @@ async def set_traits(
             updated_at=now,
         )
     )
+
+
+TraitsOp = tuple[str, dict[str, Any], dict[str, Any], int, bool]
+
+
+async def set_traits_many(conn: AsyncConnection, project_id: int, ops: list[TraitsOp]) -> None:
+    """``set_traits`` for many identify calls (user key, traits, device, seen ms, identified)
+    at once, with the same outcome as applying them in order: a few statements per group
+    commit instead of two or three per identify."""
+    folded: dict[str, dict[str, Any]] = {}
+    for user_key, traits, device, seen_ms, identified in ops:
+        entry = folded.get(user_key)
+        if entry is None:
+            folded[user_key] = {
+                "traits": dict(traits),
+                "device": device or {},
+                "identified": identified,
+                "first_seen_ms": seen_ms,
+                "last_seen_ms": seen_ms,
+            }
+            continue
+        entry["traits"].update(traits)
+        entry["device"] = device or entry["device"]
+        entry["identified"] = entry["identified"] or identified
+        entry["first_seen_ms"] = min(entry["first_seen_ms"], seen_ms)
+        entry["last_seen_ms"] = max(entry["last_seen_ms"], seen_ms)
+    existing: dict[str, Any] = {}
+    keys = list(folded)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        rows = await conn.execute(select(users).where(users.c.project_id == project_id, users.c.user_key.in_(chunk)))
+        existing.update({row.user_key: row for row in rows})
+    now = utcnow()
+    new = [
+        {"project_id": project_id, "user_key": key, "updated_at": now, **entry}
+        for key, entry in folded.items()
+        if key not in existing
+    ]
+    if new:
+        inserted = await conn.execute(
+            dialect_insert(conn, users).on_conflict_do_nothing(index_elements=["project_id", "user_key"]), new
+        )
+        if (inserted.rowcount or 0) < len(new):  # another process created some of them first
+            for row in new:
+                await set_traits(
+                    conn,
+                    project_id,
+                    row["user_key"],
+                    row["traits"],
+                    device=row["device"],
+                    seen_ms=row["first_seen_ms"],
+                    identified=row["identified"],
+                )
+    changes = []
+    for key, row in existing.items():
+        entry = folded[key]
+        changes.append(
+            {
+                "p": project_id,
+                "k": key,
+                "v_traits": {**(row.traits or {}), **entry["traits"]},
+                "v_device": entry["device"] or row.device or {},
+                "v_identified": bool(row.identified or entry["identified"]),
+                "v_first_seen_ms": _min(row.first_seen_ms, entry["first_seen_ms"]),
+                "v_last_seen_ms": _max(row.last_seen_ms, entry["last_seen_ms"]),
+                "v_updated_at": now,
+            }
+        )
+    if changes:
+        await conn.execute(
+            update(users)
+            .where(users.c.project_id == bindparam("p"), users.c.user_key == bindparam("k"))
+            .values(
+                {
+                    name: bindparam(f"v_{name}")
+                    for name in ("traits", "device", "identified", "first_seen_ms", "last_seen_ms", "updated_at")
+                }
+            ),
+            changes,
+        )
 
 
 async def set_group(
