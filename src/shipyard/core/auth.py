@@ -295,6 +295,13 @@ class KeyCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def cached(self, kind: str, raw: str) -> Any:
+        """The usable key row when it is cached and fresh, else None (ask ``lookup``)."""
+        hit = self._entries.get(f"{kind}:{raw}")
+        if hit and hit[0] > time.monotonic() and hit[1] is not None and _key_usable(hit[1]):
+            return hit[1]
+        return None
+
     async def lookup(self, conn: AsyncConnection, kind: str, raw: str) -> Any:
         now = time.monotonic()
         cache_key = f"{kind}:{raw}"

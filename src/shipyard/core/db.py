@@ -136,7 +136,9 @@ class Database:
         self.dialect_name = "sqlite" if url.startswith("sqlite") else "postgresql"
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            # A pool as large as PostgreSQL's: with the default 5 (+10 overflow, closed on
+            # return), concurrent ingest requests kept opening connections, each a new thread.
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": 30})
         else:
             # pre_ping replaces connections that died while the database was away, so the
             # process recovers by itself once it is back.

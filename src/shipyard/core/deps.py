@@ -173,6 +173,14 @@ async def client_project(ctx: Context, public_key: str | None) -> projects.Proje
     """Resolve the project for a client-facing request from its public key."""
     if not public_key:
         raise Unauthorized("missing public key")
+    # Ingest endpoints call this for every request: answer from the caches without
+    # opening a connection when both are fresh.
+    cached_key = ctx.extras["key_cache"].cached("public", public_key)
+    if cached_key is not None:
+        hit = ctx.extras.get("project_cache", {}).get(cached_key.project_id)
+        if hit is not None and hit[0] >= time.monotonic():
+            project: projects.Project = hit[1]
+            return project
     async with ctx.db.connect() as conn:
         row = await ctx.extras["key_cache"].lookup(conn, "public", public_key)
         if row is None:
