@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, String, and_, any_, bindparam, delete, func, literal_column, select, union, update
+from sqlalchemy import ColumnElement, Text, and_, bindparam, delete, func, literal_column, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,11 +37,15 @@ def in_list(conn: AsyncConnection, column: Any, values: list[str]) -> ColumnElem
     """``column IN (values)`` as ONE bound parameter (a PostgreSQL array, a JSON array read
     by SQLite's json_each): a plain IN list renders a parameter per value on every call,
     which cost more than the query itself for the hundreds of ids a group commit checks."""
+    members: Any
     if conn.dialect.name == "postgresql":
-        matches: ColumnElement[bool] = column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
-        return matches
-    array: Any = bindparam(None, orjson.dumps(values).decode())
-    members: Any = select(literal_column("value")).select_from(func.json_each(array))
+        # IN (SELECT unnest(...)), not = ANY(...): on a table whose statistics are not yet
+        # gathered the planner filtered every row of the project against the whole array
+        # (0.5 s for 1,400 ids over 10,000 aliases) where this form joins (2 ms).
+        members = select(func.unnest(bindparam(None, values, type_=postgresql.ARRAY(Text))))
+    else:
+        array: Any = bindparam(None, orjson.dumps(values).decode())
+        members = select(literal_column("value")).select_from(func.json_each(array))
     found: ColumnElement[bool] = column.in_(members)
     return found
 
