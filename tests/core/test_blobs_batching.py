@@ -92,3 +92,22 @@ async def test_group_commit_commits_before_answering_and_isolates_bad_items(ctx:
         assert (await conn.execute(select(func.count()).select_from(_probe))).scalar_one() == 201
     await committer.close()
     metadata.remove(_probe)
+
+
+async def test_merged_work_is_written_once_per_group_and_each_caller_gets_its_result(ctx: Any) -> None:
+    calls: list[list[int]] = []
+
+    async def write(_conn: Any, payloads: list[int]) -> list[int]:
+        calls.append(payloads)
+        if 13 in payloads:
+            raise ValueError("unlucky")
+        return [p * 10 for p in payloads]
+
+    committer = GroupCommitter(ctx.db, max_batch=50)
+    results = await asyncio.gather(*(committer.run_merged(write, p) for p in range(20)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception)] == [results[13]]
+    assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(20) if i != 13]
+    # Concurrent callers shared a call; after the failure, 13 was retried alone.
+    assert any(len(payloads) > 1 for payloads in calls)
+    assert [13] in calls
+    await committer.close()

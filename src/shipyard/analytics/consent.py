@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -25,6 +25,9 @@ from shipyard.core.errors import BadRequest
 
 CACHE_TTL = 5.0
 _MAX_CACHE = 200_000
+# Projects with at most this many analytics decisions are cached whole (one query per
+# TTL instead of one per batch); larger ones are looked up per id.
+_MAX_SNAPSHOT = 50_000
 
 
 @dataclass
@@ -32,6 +35,8 @@ class _Cache:
     consent: dict[tuple[int, str], tuple[float, dict[str, bool]]]
     suppressed: dict[int, tuple[float, frozenset[str]]]
     salts: dict[tuple[int, int], str]
+    # project → (expiry, every user's analytics decision, or None when there are too many)
+    analytics: dict[int, tuple[float, dict[str, bool] | None]] = field(default_factory=dict)
 
 
 def _cache(ctx: Context) -> _Cache:
@@ -96,7 +101,11 @@ async def record_consent(
             )
         )
     state = await current_consent(conn, project_id, user_key)
-    _cache(ctx).consent[(project_id, user_key)] = (time.monotonic() + CACHE_TTL, state)
+    cache = _cache(ctx)
+    cache.consent[(project_id, user_key)] = (time.monotonic() + CACHE_TTL, state)
+    snapshot = cache.analytics.get(project_id)
+    if snapshot is not None and snapshot[1] is not None and "analytics" in state:
+        snapshot[1][user_key] = state["analytics"]
     return state
 
 
@@ -121,8 +130,35 @@ async def consent_history_of(conn: AsyncConnection, project_id: int, user_key: s
     ]
 
 
+async def _analytics_snapshot(ctx: Context, project_id: int) -> dict[str, bool] | None:
+    """Every analytics decision of a project (user key → granted), cached for the TTL;
+    None when the project has too many to hold."""
+    cache = _cache(ctx).analytics
+    now = time.monotonic()
+    hit = cache.get(project_id)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    async with ctx.db.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(consents.c.user_key, consents.c.granted)
+                .where(consents.c.project_id == project_id, consents.c.purpose == "analytics")
+                .limit(_MAX_SNAPSHOT + 1)
+            )
+        ).all()
+    snapshot = None if len(rows) > _MAX_SNAPSHOT else {r.user_key: bool(r.granted) for r in rows}
+    cache[project_id] = (now + CACHE_TTL, snapshot)
+    return snapshot
+
+
 async def consent_states(ctx: Context, project_id: int, keys: set[str]) -> dict[str, dict[str, bool]]:
-    """Current consent for each id (empty dict: no decision recorded), cached briefly."""
+    """Current analytics consent for each id (empty dict: no decision recorded), cached briefly.
+
+    Most projects hold few decisions, so the whole set is cached and a batch costs no
+    query at all; with very many, the ids of the batch are looked up."""
+    snapshot = await _analytics_snapshot(ctx, project_id)
+    if snapshot is not None:
+        return {key: {"analytics": snapshot[key]} if key in snapshot else {} for key in keys}
     cache = _cache(ctx).consent
     now = time.monotonic()
     found: dict[str, dict[str, bool]] = {}

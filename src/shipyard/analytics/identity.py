@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, select, union, update
+import orjson
+from sqlalchemy import ColumnElement, Text, and_, bindparam, delete, func, literal_column, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,18 +33,33 @@ def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+def in_list(conn: AsyncConnection, column: Any, values: list[str]) -> ColumnElement[bool]:
+    """``column IN (values)`` as ONE bound parameter (a PostgreSQL array, a JSON array read
+    by SQLite's json_each): a plain IN list renders a parameter per value on every call,
+    which cost more than the query itself for the hundreds of ids a group commit checks."""
+    members: Any
+    if conn.dialect.name == "postgresql":
+        # IN (SELECT unnest(...)), not = ANY(...): on a table whose statistics are not yet
+        # gathered the planner filtered every row of the project against the whole array
+        # (0.5 s for 1,400 ids over 10,000 aliases) where this form joins (2 ms).
+        members = select(func.unnest(bindparam(None, values, type_=postgresql.ARRAY(Text))))
+    else:
+        array: Any = bindparam(None, orjson.dumps(values).decode())
+        members = select(literal_column("value")).select_from(func.json_each(array))
+    found: ColumnElement[bool] = column.in_(members)
+    return found
+
+
 async def resolve(conn: AsyncConnection, project_id: int, ids: list[str]) -> dict[str, str]:
     """The user each id has been linked to (ids without a link are absent)."""
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = await conn.execute(
-            select(aliases.c.alias, aliases.c.user_key).where(
-                aliases.c.project_id == project_id, aliases.c.alias.in_(chunk)
-            )
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(aliases.c.alias, aliases.c.user_key).where(
+            aliases.c.project_id == project_id, in_list(conn, aliases.c.alias, ids)
         )
-        found.update({r.alias: r.user_key for r in rows})
-    return found
+    )
+    return {r.alias: r.user_key for r in rows}
 
 
 async def link(conn: AsyncConnection, project_id: int, alias: str, user_key: str) -> tuple[str | None, bool]:
@@ -79,18 +95,16 @@ _HISTORY_TABLES = (events, daily_users, users, consents, consent_history, group_
 
 async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[str]) -> set[str]:
     """Which of ``keys`` have anything stored under them (an alias pointing at them included)."""
-    found: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        # One statement (a UNION over the tables) rather than one per table.
-        query = union(
-            *(
-                select(table.c.user_key).where(table.c.project_id == project_id, table.c.user_key.in_(chunk))
-                for table in (*_HISTORY_TABLES, aliases)
-            )
+    if not keys:
+        return set()
+    # One statement (a UNION over the tables) rather than one per table.
+    query = union(
+        *(
+            select(table.c.user_key).where(table.c.project_id == project_id, in_list(conn, table.c.user_key, keys))
+            for table in (*_HISTORY_TABLES, aliases)
         )
-        found.update(r[0] for r in await conn.execute(query))
-    return found
+    )
+    return {r[0] for r in await conn.execute(query)}
 
 
 async def link_many(conn: AsyncConnection, project_id: int, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -127,12 +141,12 @@ async def link_many(conn: AsyncConnection, project_id: int, pairs: list[tuple[st
     if not new:
         return result
     now = utcnow()
-    await conn.execute(
+    inserted = await conn.execute(
         dialect_insert(conn, aliases).on_conflict_do_nothing(index_elements=["project_id", "alias"]),
         [{"project_id": project_id, "alias": a, "user_key": t, "created_at": now} for a, t in new.items()],
     )
     # Another process may have linked some of them first: theirs wins, nothing to merge.
-    owners = await resolve(conn, project_id, list(new))
+    owners = new if inserted.rowcount == len(new) else await resolve(conn, project_id, list(new))
     mine = {a: t for a, t in new.items() if owners.get(a) == t}
     result.extend((a, owners[a]) for a in new if a in owners)
     for alias in await _keys_with_history(conn, project_id, list(mine)):
@@ -310,6 +324,84 @@ async def set_traits(
             updated_at=now,
         )
     )
+
+
+TraitsOp = tuple[str, dict[str, Any], dict[str, Any], int, bool]
+
+
+async def set_traits_many(conn: AsyncConnection, project_id: int, ops: list[TraitsOp]) -> None:
+    """``set_traits`` for many identify calls (user key, traits, device, seen ms, identified)
+    at once, with the same outcome as applying them in order: a few statements per group
+    commit instead of two or three per identify."""
+    folded: dict[str, dict[str, Any]] = {}
+    for user_key, traits, device, seen_ms, identified in ops:
+        entry = folded.get(user_key)
+        if entry is None:
+            folded[user_key] = {
+                "traits": dict(traits),
+                "device": device or {},
+                "identified": identified,
+                "first_seen_ms": seen_ms,
+                "last_seen_ms": seen_ms,
+            }
+            continue
+        entry["traits"].update(traits)
+        entry["device"] = device or entry["device"]
+        entry["identified"] = entry["identified"] or identified
+        entry["first_seen_ms"] = min(entry["first_seen_ms"], seen_ms)
+        entry["last_seen_ms"] = max(entry["last_seen_ms"], seen_ms)
+    rows = await conn.execute(
+        select(users).where(users.c.project_id == project_id, in_list(conn, users.c.user_key, list(folded)))
+    )
+    existing: dict[str, Any] = {row.user_key: row for row in rows}
+    now = utcnow()
+    new = [
+        {"project_id": project_id, "user_key": key, "updated_at": now, **entry}
+        for key, entry in folded.items()
+        if key not in existing
+    ]
+    if new:
+        inserted = await conn.execute(
+            dialect_insert(conn, users).on_conflict_do_nothing(index_elements=["project_id", "user_key"]), new
+        )
+        if (inserted.rowcount or 0) < len(new):  # another process created some of them first
+            for row in new:
+                await set_traits(
+                    conn,
+                    project_id,
+                    row["user_key"],
+                    row["traits"],
+                    device=row["device"],
+                    seen_ms=row["first_seen_ms"],
+                    identified=row["identified"],
+                )
+    changes = []
+    for key, row in existing.items():
+        entry = folded[key]
+        changes.append(
+            {
+                "p": project_id,
+                "k": key,
+                "v_traits": {**(row.traits or {}), **entry["traits"]},
+                "v_device": entry["device"] or row.device or {},
+                "v_identified": bool(row.identified or entry["identified"]),
+                "v_first_seen_ms": _min(row.first_seen_ms, entry["first_seen_ms"]),
+                "v_last_seen_ms": _max(row.last_seen_ms, entry["last_seen_ms"]),
+                "v_updated_at": now,
+            }
+        )
+    if changes:
+        await conn.execute(
+            update(users)
+            .where(users.c.project_id == bindparam("p"), users.c.user_key == bindparam("k"))
+            .values(
+                {
+                    name: bindparam(f"v_{name}")
+                    for name in ("traits", "device", "identified", "first_seen_ms", "last_seen_ms", "updated_at")
+                }
+            ),
+            changes,
+        )
 
 
 async def set_group(

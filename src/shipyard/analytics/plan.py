@@ -367,6 +367,18 @@ class ViolationTally:
             entry[2] = max(entry[2], ts_ms)
             entry[3] = sample
 
+    def merge(self, other: ViolationTally) -> None:
+        """Add another request's violations (the later request's sample wins)."""
+        for key, (count, blocked, last_ms, sample) in other.counts.items():
+            entry = self.counts.get(key)
+            if entry is None:
+                self.counts[key] = [count, blocked, last_ms, sample]
+            else:
+                entry[0] += count
+                entry[1] += blocked
+                entry[2] = max(entry[2], last_ms)
+                entry[3] = sample
+
     async def write(self, conn: AsyncConnection, project_id: int) -> None:
         for (day, event, kind, prop), (count, blocked, last_ms, sample) in self.counts.items():
             stmt = dialect_insert(conn, plan_violations).values(

@@ -7,6 +7,10 @@ collects everything submitted while the previous transaction was committing (up 
 rows are committed (durable), while the database sees one commit per group instead of
 one per request (fast).
 
+Work that can be merged (``run_merged``) is handed over as data: every payload of the
+same kind in a group goes to one call, so an ingest stream writes each table once per
+group rather than once per request.
+
 If a group's transaction fails, its items are retried one by one so that one bad item
 fails only its own request.
 """
@@ -28,6 +32,8 @@ from shipyard.core.db import Database
 log = logging.getLogger("shipyard.batching")
 
 ConnFn = Callable[[AsyncConnection], Awaitable[Any]]
+# Writes the payloads of many requests at once; returns one result per payload, in order.
+MergedFn = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 
 @dataclass
@@ -37,6 +43,8 @@ class _Item:
     rows: list[dict[str, Any]] = field(default_factory=list)
     conflict_columns: list[str] | None = None
     fn: ConnFn | None = None
+    merged_fn: MergedFn | None = None
+    payload: Any = None
 
 
 class GroupCommitter:
@@ -64,6 +72,11 @@ class GroupCommitter:
     async def run(self, fn: ConnFn) -> Any:
         """Run ``fn(conn)`` inside a group transaction; returns its result once committed."""
         return await self._submit(_Item(self._future(), fn=fn))
+
+    async def run_merged(self, fn: MergedFn, payload: Any) -> Any:
+        """Have ``fn(conn, payloads)`` write ``payload`` together with every other payload
+        submitted with the same ``fn`` in the group; returns this payload's result."""
+        return await self._submit(_Item(self._future(), merged_fn=fn, payload=payload))
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -125,9 +138,19 @@ class GroupCommitter:
                     await _insert_ignore_many(conn, table, rows, list(conflict))
                 else:
                     await conn.execute(table.insert(), rows)
+            # Merged work runs where its first item stands, so the group keeps submission order.
+            batches: dict[MergedFn, list[int]] = {}
+            for index, item in enumerate(group):
+                if item.merged_fn is not None:
+                    batches.setdefault(item.merged_fn, []).append(index)
             for index, item in enumerate(group):
                 if item.fn is not None:
                     results[index] = await item.fn(conn)
+                elif item.merged_fn is not None and batches[item.merged_fn][0] == index:
+                    indexes = batches[item.merged_fn]
+                    outcomes = await item.merged_fn(conn, [group[i].payload for i in indexes])
+                    for i, result in zip(indexes, outcomes, strict=True):
+                        results[i] = result
         return results
 
     @staticmethod

@@ -1,0 +1,129 @@
+"""Concurrent batches share one group commit: each table is written once for the whole
+group, yet every request still learns its own outcome (stored, duplicates) and identity
+work from different requests adds up, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from shipyard.analytics.models import aliases, ingest_counters, users
+from shipyard.app import create_app
+from shipyard.core import auth, projects
+from shipyard.core.auth import Role
+from shipyard.core.context import Context
+from tests.analytics.helpers import basic, stored, track
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_ctx(request: pytest.FixtureRequest) -> Context:
+    ctx: Context = request.getfixturevalue("ctx" if request.param == "sqlite" else "pg_ctx")
+    ctx.settings.analytics_rollup_lag_seconds = 0
+    return ctx
+
+
+@pytest.fixture
+async def any_client(any_ctx: Context) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(ctx=any_ctx)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture
+async def any_project(any_ctx: Context) -> dict[str, Any]:
+    async with any_ctx.db.transaction() as conn:
+        created = await projects.create_project(
+            conn, "Group App " + uuid.uuid4().hex[:6], public_base=any_ctx.settings.public_base
+        )
+        user_id = await auth.create_user(conn, f"o-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery")
+        await auth.set_role(conn, user_id, created["id"], Role.owner)
+    return created
+
+
+async def test_concurrent_batches_with_repeated_message_ids_count_each_duplicate_once(
+    any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any]
+) -> None:
+    headers = basic(any_project["write_key"])
+    shared = [track("post_liked", f"u{i}", messageId=f"shared-{i}") for i in range(5)]
+    # Twenty requests at once: each carries its own messages plus the same five shared ones,
+    # as SDK retries racing the original would.
+    batches = [[*(track("post_created", f"u{r}") for _ in range(10)), *shared] for r in range(20)]
+    responses = await asyncio.gather(
+        *(any_client.post("/v1/batch", json={"batch": batch}, headers=headers) for batch in batches)
+    )
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    duplicates = [r.json().get("not_stored", {}).get("duplicate", 0) for r in responses]
+    assert sum(duplicates) == 19 * 5  # the shared messages are stored by exactly one request
+    assert sorted(duplicates)[:1] == [0] and max(duplicates) == 5
+    rows = await stored(any_ctx, any_project["id"])
+    assert len(rows) == 20 * 10 + 5
+    assert sorted(row.message_id for row in rows if row.message_id.startswith("shared-")) == [
+        f"shared-{i}" for i in range(5)
+    ]
+    async with any_ctx.db.connect() as conn:
+        counted = (
+            await conn.execute(
+                select(func.sum(ingest_counters.c.count)).where(
+                    ingest_counters.c.project_id == any_project["id"], ingest_counters.c.outcome == "duplicate"
+                )
+            )
+        ).scalar()
+    assert counted == 19 * 5
+
+
+async def test_concurrent_identifies_and_logins_add_up(
+    any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any]
+) -> None:
+    headers = basic(any_project["write_key"])
+    traits = ["language", "tier", "plant_count", "experience"]
+    batches = [
+        [
+            {
+                "type": "identify",
+                "userId": "grower-1",
+                "anonymousId": f"device-{i}",
+                "messageId": f"id-{i}",
+                "traits": {traits[i]: f"value-{i}"},
+                "context": {"device": {"model": f"Pixel {i}"}},
+            },
+            track("plant_created", None, anonymous_id=f"lonely-{i}"),
+        ]
+        for i in range(len(traits))
+    ]
+    responses = await asyncio.gather(
+        *(any_client.post("/v1/batch", json={"batch": batch}, headers=headers) for batch in batches)
+    )
+    assert all(r.status_code == 200 for r in responses)
+    async with any_ctx.db.connect() as conn:
+        user = (
+            await conn.execute(
+                select(users).where(users.c.project_id == any_project["id"], users.c.user_key == "grower-1")
+            )
+        ).one()
+        linked = dict(
+            (
+                await conn.execute(
+                    select(aliases.c.alias, aliases.c.user_key).where(aliases.c.project_id == any_project["id"])
+                )
+            )
+            .tuples()
+            .all()
+        )
+    # Every request's traits are on the one user, whichever order the group applied them in.
+    assert user.traits == {name: f"value-{i}" for i, name in enumerate(traits)}
+    assert user.identified
+    assert user.device["device"]["model"].startswith("Pixel ")
+    assert linked == {f"device-{i}": "grower-1" for i in range(len(traits))}
+    # An anonymous-only device that was never linked keeps its own history.
+    rows = await stored(any_ctx, any_project["id"])
+    assert sorted(row.user_key for row in rows if row.event == "plant_created") == [
+        f"lonely-{i}" for i in range(len(traits))
+    ]
