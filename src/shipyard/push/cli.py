@@ -139,7 +139,11 @@ def send_cmd(project: str, server: str | None, key: str | None, as_json: bool, *
         click.echo(json.dumps(result, indent=2, default=str))
         return
     what = "already accepted (same idempotency key)" if result.get("duplicate") else "accepted"
-    click.echo(f"send {result['id']} {what}: status {result['status']}, first run {result.get('next_run_at')}")
+    if result["status"] == "done":  # fanned out on acceptance: its messages are queued
+        count = result["recipients"]
+        click.echo(f"send {result['id']} {what}: {count} message{'' if count == 1 else 's'} queued")
+    else:
+        click.echo(f"send {result['id']} {what}: status {result['status']}, first run {result.get('next_run_at')}")
 
 
 @push.command("list")

@@ -196,7 +196,7 @@ async def create_send(
     send = {**values, "id": int(send_id)}
     if fans_out_inline(req, plan["kind"]):
         count = await fanout_in(conn, ctx, send, plan["occurrence"])
-        send.update(status="done", recipients=count, occurrences=1, next_run_at=None)
+        send.update(status="done", recipients=count, occurrences=1, next_run_at=None, finished_at=utcnow())
     else:
         await queue_fanout(conn, project_id, int(send_id), plan["occurrence"], plan["first_at"])
     return send, True
