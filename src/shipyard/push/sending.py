@@ -367,6 +367,9 @@ def fans_out_inline(req: SendRequest, kind: str) -> bool:
 async def fanout_in(conn: AsyncConnection, ctx: Context, send: dict[str, Any], occurrence: str) -> int:
     """Fan a just-created send out inside the caller's transaction; returns the message count."""
     targets = await _targets(conn, send)
+    limit = ctx.settings.push_max_recipients
+    if len(targets.devices) > limit:  # refused before anything is stored (the job marks the send failed)
+        raise BadRequest(f"{len(targets.devices)} recipients exceed push_max_recipients ({limit})")
     rows, window = _message_rows(send, occurrence, targets, utcnow())
     await _write_chunk(conn, ctx, send, occurrence, rows, window, len(rows))
     return len(rows)
