@@ -82,6 +82,7 @@ async def _load(conn: AsyncConnection, project_id: int, ids: list[str], now: dat
     if not msgs:
         return {"messages": []}
     user_ids = {m["user_id"] for m in msgs if m["user_id"]}
+    names = {m["category"] for m in msgs if m["category"]}  # only these matter to the decisions
     user_map: dict[str, dict[str, Any]] = {}
     overrides: dict[tuple[str, str], bool] = {}
     if user_ids:
@@ -89,16 +90,23 @@ async def _load(conn: AsyncConnection, project_id: int, ids: list[str], now: dat
             select(users).where(users.c.project_id == project_id, users.c.user_id.in_(user_ids))
         ):
             user_map[r.user_id] = dict(r._mapping)
+    if user_ids and names:
         for r in await conn.execute(
             select(user_categories).where(
-                user_categories.c.project_id == project_id, user_categories.c.user_id.in_(user_ids)
+                user_categories.c.project_id == project_id,
+                user_categories.c.user_id.in_(user_ids),
+                user_categories.c.category.in_(names),
             )
         ):
             overrides[(r.user_id, r.category)] = r.enabled
-    category_map = {
-        r.name: dict(r._mapping)
-        for r in await conn.execute(select(categories).where(categories.c.project_id == project_id))
-    }
+    category_map: dict[str, dict[str, Any]] = {}
+    if names:
+        category_map = {
+            r.name: dict(r._mapping)
+            for r in await conn.execute(
+                select(categories).where(categories.c.project_id == project_id, categories.c.name.in_(names))
+            )
+        }
     counts, day_starts = await _sent_recently(conn, project_id, msgs, user_map, device_map, category_map, now)
     return {
         "messages": msgs,

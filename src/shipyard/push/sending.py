@@ -387,7 +387,8 @@ async def _targets(conn: AsyncConnection, send: dict[str, Any]) -> _Targets:
     project_id = send["project_id"]
     targets = await resolve_devices(conn, project_id, send["target"])
     template = await texts.get_template(conn, project_id, send["template"]) if send["template"] else None
-    categories = await prefs.category_map(conn, project_id)
+    # Only the send's own category is used; sends without one skip the query.
+    categories = await prefs.category_map(conn, project_id) if send["category"] else {}
     user_rows = {}
     user_ids = sorted({d.user_id for d in targets if d.user_id})
     for chunk in _chunks(user_ids, 500):
