@@ -18,6 +18,9 @@ Phases:
    (and from the request's start) to the fake server receiving it. Baseline: the same
    single messages posted straight to the fake server.
 
+The server's CPU time (user + system, from /proc) over the throughput phase is reported per
+1,000 notifications: on a shared machine it moves much less than wall time.
+
 Issue #5 targets on the 2-core machine: ≥ 2,000 notifications/s end to end, and p95 <
 200 ms from acceptance to the provider request at moderate load. Server pinned to CPU 0,
 the fake Expo server and this load generator to CPU 1.
