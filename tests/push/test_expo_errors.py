@@ -179,7 +179,7 @@ async def test_batches_of_at_most_100(
 
 
 async def test_outage_delays_but_never_loses_or_duplicates(
-    ctx: Context, client: httpx.AsyncClient, project: dict[str, Any], expo: FakeExpo
+    ctx: Context, client: httpx.AsyncClient, project: dict[str, Any], expo: FakeExpo, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Expo fails every request for a few seconds, then recovers: every notification is
     delivered exactly once afterwards, and the circuit opened and closed again."""
@@ -194,10 +194,12 @@ async def test_outage_delays_but_never_loses_or_duplicates(
     await run_jobs(ctx, until=all_delivered, max_seconds=60)
     async with ctx.db.connect() as conn:
         rows = (await conn.execute(select(messages.c.id, messages.c.status))).all()
-        reasons = [r[0] for r in await conn.execute(select(message_events.c.details))]
     assert {s for _, s in rows} == {"delivered"}
     assert expo.failed_requests >= 5
     counts = expo.delivered_ids()
     assert set(counts) == {mid for mid, _ in rows} and set(counts.values()) == {1}
-    assert any("circuit" in str(d.get("reason")) for d in reasons), "the circuit never opened"
+    # The breaker itself says it opened (whether a retry then met it open or half-open
+    # depends on how the retries' backoff falls against the cool-down).
+    opened = [r for r in caplog.records if r.getMessage() == f"circuit for push:expo:{project['id']} opened"]
+    assert opened, "the circuit never opened"
     assert await outbound(ctx).breaker.state(f"push:expo:{project['id']}") == "closed"

@@ -115,6 +115,7 @@ def test_real_server_with_the_python_sdk_and_the_cli(live_push: tuple[LiveServer
     """One real server process (started once: it takes seconds) for both client proofs."""
     check_exponent_server_sdk(*live_push)
     check_cli(*live_push)
+    check_rules_and_links_cli(live_push[0])
 
 
 def check_exponent_server_sdk(server: LiveServer, fake: FakeExpo) -> None:
@@ -242,3 +243,76 @@ def check_cli(server: LiveServer, fake: FakeExpo) -> None:
         push_cli, ["send", "--project", project, "--server", server.url, "--key", "sk_wrong", "--all", "--title", "x"]
     )
     assert wrong_key.exit_code != 0 and "401" in wrong_key.output
+
+
+def check_rules_and_links_cli(server: LiveServer) -> None:
+    """`shipyard push rules …` and `shipyard push links …`: what they store is what the API
+    then uses (a generated link validates in the app; an event fires the rule)."""
+    runner = CliRunner()
+    base = ["--project", str(server.creds["project_id"]), "--server", server.url, "--key", server.creds["secret_key"]]
+    admin_url = f"{server.url}/api/v1/projects/{server.creds['project_id']}/push"
+    headers = {"Authorization": f"Bearer {server.creds['secret_key']}"}
+    r = httpx.put(
+        f"{admin_url}/templates/new_comment",
+        json={"texts": {"en": {"title": "New comment", "body": "{commenter} commented"}}},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+
+    out = runner.invoke(push_cli, ["links", "routes", "create", *base, "post", "canabro://community/posts/{postId}"])
+    assert out.exit_code == 0, out.output
+    assert out.output == "route post saved: canabro://community/posts/{postId} (parameters: postId)\n"
+    listed = runner.invoke(push_cli, ["links", "routes", "list", *base])
+    assert "post" in listed.output and "canabro://community/posts/{postId}" in listed.output
+
+    link = runner.invoke(
+        push_cli, ["links", "generate", *base, "post", "--param", "postId=p-7", "--campaign", "launch"]
+    )
+    assert link.exit_code == 0, link.output
+    url = link.output.splitlines()[0]
+    assert url.startswith("canabro://community/posts/p-7?") and "sy_sig=" in url
+    checked = httpx.post(
+        f"{server.url}/push/v1/links/validate",
+        json={"url": url},
+        headers={"X-Shipyard-Key": server.creds["public_key"]},
+    ).json()
+    assert checked["valid"] is True and checked["campaign"] == "launch" and checked["params"] == {"postId": "p-7"}
+    missing = runner.invoke(push_cli, ["links", "generate", *base, "post"])
+    assert missing.exit_code != 0 and "postId" in missing.output
+    bad_param = runner.invoke(push_cli, ["links", "generate", *base, "post", "--param", "postId"])
+    assert bad_param.exit_code != 0 and "NAME=VALUE" in bad_param.output
+
+    created = runner.invoke(
+        push_cli,
+        [
+            "rules", "create", *base, "comment-to-author",
+            "--event", "community.comment_created",
+            "--template", "new_comment",
+            "--recipient-field", "authorId",
+            "--deep-link-route", "post",
+            "--delay", "60",
+        ],
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert "comment-to-author" in created.output and "community.comment_created -> new_comment" in created.output
+    listed = runner.invoke(push_cli, ["rules", "list", *base])
+    assert "to authorId" in listed.output and "delay 60 s" in listed.output and "link post" in listed.output
+    event = httpx.post(
+        f"{admin_url}/events",
+        json={
+            "event": "community.comment_created",
+            "properties": {"authorId": "a-1", "postId": "p-7", "commenter": "x"},
+        },
+        headers=headers,
+    ).json()
+    assert [c["rule"] for c in event["created"]] == ["comment-to-author"]
+    unknown = runner.invoke(push_cli, ["rules", "create", *base, "r2", "--event", "e", "--template", "nope"])
+    assert unknown.exit_code != 0 and "nope" in unknown.output
+
+    deleted = runner.invoke(push_cli, ["rules", "delete", *base, "comment-to-author"])
+    assert deleted.exit_code == 0 and deleted.output == "rule comment-to-author deleted\n"
+    assert runner.invoke(push_cli, ["rules", "list", *base]).output == "no event rules\n"
+    again = runner.invoke(push_cli, ["rules", "delete", *base, "comment-to-author"])
+    assert again.exit_code != 0 and "404" in again.output
+    deleted = runner.invoke(push_cli, ["links", "routes", "delete", *base, "post"])
+    assert deleted.exit_code == 0 and deleted.output == "route post deleted\n"

@@ -246,3 +246,66 @@ async def test_cancelling_a_recurring_send_stops_future_occurrences(
     await time_passes(ctx)
     await run_jobs(ctx)
     assert len(expo.received) == 1
+
+
+async def test_hourly_caps_defer_to_the_next_free_slot_and_user_caps_per_category(
+    ctx: Context, client: httpx.AsyncClient, project: dict[str, Any], expo: FakeExpo
+) -> None:
+    await admin(client, project, "PUT", "/categories/community", json={"hourly_cap": 2})
+    await admin(client, project, "PUT", "/categories/tips", json={})
+    await register(client, project, expo_token("h1"), user_id="busy")
+    r = await admin(
+        client, project, "PUT", "/users/busy/preferences", json={"hourly_cap": 3, "category_caps": {"tips": 1}}
+    )
+    assert r.status_code == 200
+    assert r.json()["hourly_cap"] == 3 and r.json()["category_caps"] == {"tips": 1}
+    for title, category in (
+        ("comment 1", "community"),
+        ("comment 2", "community"),
+        ("comment 3", "community"),  # category's hourly cap of 2: waits
+        ("tip 1", "tips"),
+        ("tip 2", "tips"),  # the user's own cap of 1 tip a day: suppressed
+        ("news 1", None),  # the user's hourly cap of 3 (2 comments + tip 1): waits
+    ):
+        notification = {"title": title, **({"category": category} if category else {})}
+        await send(client, project, {"to": {"user_ids": ["busy"]}, "notification": notification})
+        await run_jobs(ctx)
+    assert [m["title"] for m in expo.received] == ["comment 1", "comment 2", "tip 1"]
+    rows = {m["title"]: m for m in await _messages(ctx)}
+    first_sent = rows["comment 1"]["sent_at"]
+    assert rows["comment 3"]["status"] == "deferred"
+    assert rows["comment 3"]["reason"] == "hourly cap of 2 'community' notifications reached for this user"
+    assert rows["comment 3"]["due_at"] == first_sent + timedelta(hours=1)  # when comment 1 leaves the window
+    assert rows["news 1"]["status"] == "deferred" and rows["news 1"]["reason"].startswith("hourly cap of 3")
+    assert rows["tip 2"]["status"] == "suppressed"
+    assert rows["tip 2"]["reason"] == "the user's own daily cap of 1 'tips' notifications reached"
+    history = await _history(client, project, rows["comment 3"]["id"])
+    assert [h["event"] for h in history] == ["queued", "deferred"]
+    assert history[1]["details"]["until"] == (first_sent + timedelta(hours=1)).isoformat()
+
+    # An hour later the window has room again: the deferred notifications go out.
+    async with ctx.db.transaction() as conn:
+        await conn.execute(
+            update(messages).where(messages.c.sent_at.is_not(None)).values(sent_at=first_sent - timedelta(hours=1))
+        )
+    await time_passes(ctx)
+    await run_jobs(ctx)
+    assert sorted(m["title"] for m in expo.received[3:]) == ["comment 3", "news 1"]
+
+
+async def test_cap_preferences_are_validated(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    await admin(client, project, "PUT", "/categories/tips", json={})
+    for body, expected in (
+        ({"hourly_cap": 0}, "hourly_cap"),
+        ({"category_caps": {"nope": 1}}, "unknown category 'nope'"),
+        ({"category_caps": {"tips": -1}}, "category_caps.tips"),
+    ):
+        r = await admin(client, project, "PUT", "/users/u1/preferences", json=body)
+        assert r.status_code in (400, 422), body  # schema errors are 422, the rest 400
+        assert expected in r.text
+    r = await admin(client, project, "PUT", "/users/u1/preferences", json={"category_caps": {"tips": 2}})
+    assert r.json()["category_caps"] == {"tips": 2}
+    r = await admin(client, project, "PUT", "/users/u1/preferences", json={"category_caps": {"tips": None}})
+    assert r.json()["category_caps"] == {}
+    r = await admin(client, project, "PUT", "/categories/tips", json={"hourly_cap": 0})
+    assert r.status_code == 422 and "hourly_cap" in r.text

@@ -249,3 +249,20 @@ async def test_scheduled_send_waits_and_can_be_cancelled(
     async with ctx.db.connect() as conn:
         status = dict((await conn.execute(select(sends.c.id, sends.c.status))).tuples().all())
     assert status == {keep["id"]: "done", drop["id"]: "cancelled"}
+
+
+async def test_sends_over_the_recipient_limit_store_nothing(
+    ctx: Context, client: httpx.AsyncClient, project: dict[str, Any], expo: FakeExpo
+) -> None:
+    ctx.settings.push_max_recipients = 1
+    for n in (1, 2):
+        await register(client, project, expo_token(f"lim{n}"), user_id="many-devices", topics=["news"])
+    r = await send(client, project, {"to": {"user_ids": ["many-devices"]}, "notification": {"title": "x"}})
+    assert r.status_code == 400 and "2 recipients exceed push_max_recipients (1)" in r.text
+    assert (await admin(client, project, "GET", "/sends")).json()["data"] == []  # nothing was accepted
+    r = await send(client, project, {"to": {"topics": ["news"]}, "notification": {"title": "x"}})
+    assert r.status_code == 202  # topics fan out in the background job, which fails the send
+    await run_jobs(ctx)
+    failed = (await admin(client, project, "GET", f"/sends/{r.json()['id']}")).json()
+    assert failed["status"] == "failed" and "exceed push_max_recipients" in failed["error"]
+    assert expo.received == []

@@ -48,7 +48,7 @@ def _options(fn: Any) -> Any:
 
 @click.group("push")
 def push() -> None:
-    """Send push notifications and manage scheduled sends."""
+    """Send push notifications, manage scheduled sends, event rules and deep links."""
 
 
 @push.command("send")
@@ -139,7 +139,11 @@ def send_cmd(project: str, server: str | None, key: str | None, as_json: bool, *
         click.echo(json.dumps(result, indent=2, default=str))
         return
     what = "already accepted (same idempotency key)" if result.get("duplicate") else "accepted"
-    click.echo(f"send {result['id']} {what}: status {result['status']}, first run {result.get('next_run_at')}")
+    if result["status"] == "done":  # fanned out on acceptance: its messages are queued
+        count = result["recipients"]
+        click.echo(f"send {result['id']} {what}: {count} message{'' if count == 1 else 's'} queued")
+    else:
+        click.echo(f"send {result['id']} {what}: status {result['status']}, first run {result.get('next_run_at')}")
 
 
 @push.command("list")
@@ -189,6 +193,173 @@ def status_cmd(project: str, server: str | None, key: str | None, as_json: bool,
         click.echo(f"  {failure['count']}x {failure['reason']}")
 
 
+# --- event rules -----------------------------------------------------------------------------
+
+
+@push.group("rules")
+def rules() -> None:
+    """Event rules: a domain event posted by your backend becomes a templated notification."""
+
+
+@rules.command("list")
+@_options
+def rules_list_cmd(project: str, server: str | None, key: str | None, as_json: bool) -> None:
+    """List the project's event rules."""
+    with _client(server, key) as client:
+        result = _call(client, "GET", f"/api/v1/projects/{project}/push/rules", params={"limit": 200})
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    if not result["data"]:
+        click.echo("no event rules")
+    for r in result["data"]:
+        click.echo(_rule_line(r))
+
+
+@rules.command("create")
+@_options
+@click.argument("name")
+@click.option("--event", required=True, help="Event name, e.g. community.comment_created.")
+@click.option("--template", required=True, help="Template that renders the notification.")
+@click.option("--recipient-field", default="user_id", show_default=True, help="Event property naming the user.")
+@click.option("--category", default=None, help="Category (default: the template's).")
+@click.option("--delay", "delay_seconds", type=int, default=0, show_default=True, help="Seconds to wait first.")
+@click.option("--digest-window", "digest_window_seconds", type=int, default=None, help="Collapse within N seconds.")
+@click.option("--deep-link-route", default=None, help="Deep-link route filled from the event's properties.")
+@click.option("--disabled", is_flag=True, help="Store the rule switched off.")
+def rules_create_cmd(
+    project: str, server: str | None, key: str | None, as_json: bool, name: str, disabled: bool, **o: Any
+) -> None:
+    """Create or replace the event rule NAME."""
+    body = {k: v for k, v in o.items() if v is not None}
+    body["enabled"] = not disabled
+    with _client(server, key) as client:
+        result = _call(client, "PUT", f"/api/v1/projects/{project}/push/rules/{name}", json=body)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"rule saved: {_rule_line(result)}")
+
+
+@rules.command("delete")
+@_options
+@click.argument("name")
+def rules_delete_cmd(project: str, server: str | None, key: str | None, as_json: bool, name: str) -> None:
+    """Delete the event rule NAME."""
+    with _client(server, key) as client:
+        _call(client, "DELETE", f"/api/v1/projects/{project}/push/rules/{name}")
+    click.echo(json.dumps({"deleted": name}) if as_json else f"rule {name} deleted")
+
+
+def _rule_line(r: dict[str, Any]) -> str:
+    extras = [f"to {r['recipient_field']}"]
+    if r.get("category"):
+        extras.append(f"category {r['category']}")
+    if r.get("delay_seconds"):
+        extras.append(f"delay {r['delay_seconds']} s")
+    if r.get("digest_window_seconds"):
+        extras.append(f"digest {r['digest_window_seconds']} s")
+    if r.get("deep_link_route"):
+        extras.append(f"link {r['deep_link_route']}")
+    state = "" if r.get("enabled", True) else "  (disabled)"
+    return f"{r['name']:<24} {r['event']} -> {r['template']}  {', '.join(extras)}{state}"
+
+
+# --- deep links -------------------------------------------------------------------------------
+
+
+@push.group("links")
+def links() -> None:
+    """Deep-link routes and signed, expiring, tracked links."""
+
+
+@links.group("routes")
+def routes() -> None:
+    """Per-project deep-link route templates, e.g. canabro://plants/{plantId}."""
+
+
+@routes.command("list")
+@_options
+def routes_list_cmd(project: str, server: str | None, key: str | None, as_json: bool) -> None:
+    """List the project's deep-link routes."""
+    with _client(server, key) as client:
+        result = _call(client, "GET", f"/api/v1/projects/{project}/push/links/routes")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    if not result["data"]:
+        click.echo("no deep-link routes")
+    for r in result["data"]:
+        click.echo(f"{r['name']:<24} {r['template']}")
+
+
+@routes.command("create")
+@_options
+@click.argument("name")
+@click.argument("template")
+def routes_create_cmd(
+    project: str, server: str | None, key: str | None, as_json: bool, name: str, template: str
+) -> None:
+    """Create or replace the route NAME with TEMPLATE (e.g. canabro://plants/{plantId})."""
+    with _client(server, key) as client:
+        result = _call(
+            client, "PUT", f"/api/v1/projects/{project}/push/links/routes/{name}", json={"template": template}
+        )
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"route {result['name']} saved: {result['template']} (parameters: {', '.join(result['params'])})")
+
+
+@routes.command("delete")
+@_options
+@click.argument("name")
+def routes_delete_cmd(project: str, server: str | None, key: str | None, as_json: bool, name: str) -> None:
+    """Delete the route NAME."""
+    with _client(server, key) as client:
+        _call(client, "DELETE", f"/api/v1/projects/{project}/push/links/routes/{name}")
+    click.echo(json.dumps({"deleted": name}) if as_json else f"route {name} deleted")
+
+
+@links.command("generate")
+@_options
+@click.argument("route")
+@click.option("--param", "params", multiple=True, help="Route parameter NAME=VALUE (repeatable).")
+@click.option("--campaign", default=None, help="Campaign the link's engagement is counted under.")
+@click.option(
+    "--source",
+    type=click.Choice(["notification", "url", "qr_code", "share"]),
+    default="notification",
+    show_default=True,
+    help="Where the link will be used.",
+)
+@click.option("--ttl-hours", type=int, default=None, help="Lifetime (default: SHIPYARD_PUSH_LINK_TTL_HOURS).")
+def links_generate_cmd(
+    project: str,
+    server: str | None,
+    key: str | None,
+    as_json: bool,
+    route: str,
+    params: tuple[str, ...],
+    campaign: str | None,
+    source: str,
+    ttl_hours: int | None,
+) -> None:
+    """Print a signed, expiring deep link for ROUTE with tracking parameters."""
+    body: dict[str, Any] = {"route": route, "params": dict(_pair(p, "--param") for p in params), "source": source}
+    if campaign:
+        body["campaign"] = campaign
+    if ttl_hours is not None:
+        body["ttl_hours"] = ttl_hours
+    with _client(server, key) as client:
+        result = _call(client, "POST", f"/api/v1/projects/{project}/push/links", json=body)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(result["url"])
+    click.echo(f"  link {result['link_id']}, campaign {result.get('campaign') or '—'}, expires {result['expires_at']}")
+
+
 def _json_arg(name: str, value: str) -> Any:
     try:
         return json.loads(value)
@@ -196,9 +367,9 @@ def _json_arg(name: str, value: str) -> Any:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
 
 
-def _pair(value: str) -> tuple[str, str]:
+def _pair(value: str, option: str = "--var") -> tuple[str, str]:
     if "=" not in value:
-        raise click.BadParameter("expected NAME=VALUE", param_hint="--var")
+        raise click.BadParameter("expected NAME=VALUE", param_hint=option)
     name, _, rest = value.partition("=")
     return name, rest
 

@@ -27,7 +27,7 @@ from shipyard.core.jobs import RetryLater
 from shipyard.push import credentials as creds_svc
 from shipyard.push import devices as devices_svc
 from shipyard.push.models import categories, devices, message_events, messages, sends, user_categories, users
-from shipyard.push.policy import Decision, decide, user_timezone
+from shipyard.push.policy import HOUR, Decision, Recent, decide, user_timezone
 from shipyard.push.providers import Outgoing, ProviderCredentials, Result, apns, expo, fcm
 from shipyard.push.sending import PENDING, queue_deliveries, wake_worker
 from shipyard.push.texts import render
@@ -49,27 +49,40 @@ def _event(m: dict[str, Any], event: str, details: dict[str, Any], now: datetime
     return {"message_id": m["id"], "project_id": m["project_id"], "ts": now, "event": event, "details": details}
 
 
+_DEVICE_COLUMNS = [c.label(f"device__{c.name}") for c in devices.c]
+
+
 async def _load(conn: AsyncConnection, project_id: int, ids: list[str], now: datetime) -> dict[str, Any]:
+    # One query for the messages, their devices and their sends' status: delivery runs once
+    # per 100 messages, and each round trip costs as much CPU as the rows it returns.
     rows = await conn.execute(
-        select(messages).where(
+        select(messages, sends.c.status.label("send__status"), *_DEVICE_COLUMNS)
+        .select_from(
+            messages.outerjoin(devices, devices.c.id == messages.c.device_id).outerjoin(
+                sends, sends.c.id == messages.c.send_id
+            )
+        )
+        .where(
             messages.c.id.in_(ids),
             messages.c.project_id == project_id,
             messages.c.status.in_(PENDING),
             messages.c.due_at <= now + timedelta(seconds=1),
         )
     )
-    msgs = [dict(r._mapping) for r in rows]
+    msgs: list[dict[str, Any]] = []
+    device_map: dict[int, dict[str, Any]] = {}
+    send_status: dict[int, str] = {}
+    for r in rows:
+        row = r._mapping
+        msgs.append({c.name: row[c] for c in messages.c})
+        if row["device__id"] is not None:
+            device_map[row["device__id"]] = {c.name: row[f"device__{c.name}"] for c in devices.c}
+        if row["send__status"] is not None:
+            send_status[row[messages.c.send_id]] = row["send__status"]
     if not msgs:
         return {"messages": []}
-    device_ids = {m["device_id"] for m in msgs}
-    device_map = {
-        r.id: dict(r._mapping) for r in await conn.execute(select(devices).where(devices.c.id.in_(device_ids)))
-    }
-    send_ids = {m["send_id"] for m in msgs}
-    send_status = dict(
-        (await conn.execute(select(sends.c.id, sends.c.status).where(sends.c.id.in_(send_ids)))).tuples().all()
-    )
     user_ids = {m["user_id"] for m in msgs if m["user_id"]}
+    names = {m["category"] for m in msgs if m["category"]}  # only these matter to the decisions
     user_map: dict[str, dict[str, Any]] = {}
     overrides: dict[tuple[str, str], bool] = {}
     if user_ids:
@@ -77,17 +90,24 @@ async def _load(conn: AsyncConnection, project_id: int, ids: list[str], now: dat
             select(users).where(users.c.project_id == project_id, users.c.user_id.in_(user_ids))
         ):
             user_map[r.user_id] = dict(r._mapping)
+    if user_ids and names:
         for r in await conn.execute(
             select(user_categories).where(
-                user_categories.c.project_id == project_id, user_categories.c.user_id.in_(user_ids)
+                user_categories.c.project_id == project_id,
+                user_categories.c.user_id.in_(user_ids),
+                user_categories.c.category.in_(names),
             )
         ):
             overrides[(r.user_id, r.category)] = r.enabled
-    category_map = {
-        r.name: dict(r._mapping)
-        for r in await conn.execute(select(categories).where(categories.c.project_id == project_id))
-    }
-    counts = await _sent_today(conn, project_id, msgs, user_map, device_map, category_map, now)
+    category_map: dict[str, dict[str, Any]] = {}
+    if names:
+        category_map = {
+            r.name: dict(r._mapping)
+            for r in await conn.execute(
+                select(categories).where(categories.c.project_id == project_id, categories.c.name.in_(names))
+            )
+        }
+    counts, day_starts = await _sent_recently(conn, project_id, msgs, user_map, device_map, category_map, now)
     return {
         "messages": msgs,
         "devices": device_map,
@@ -96,10 +116,21 @@ async def _load(conn: AsyncConnection, project_id: int, ids: list[str], now: dat
         "overrides": overrides,
         "categories": category_map,
         "counts": counts,
+        "day_starts": day_starts,
     }
 
 
-async def _sent_today(
+SentKey = tuple[int, str, str | None]  # (send, occurrence, category): one notification to a user
+
+
+def _capped(user: dict[str, Any] | None, category: dict[str, Any] | None) -> bool:
+    keys = ("daily_cap", "hourly_cap", "category_caps")
+    return any((user or {}).get(k) for k in keys) or any(
+        (category or {}).get(k) is not None for k in ("daily_cap", "hourly_cap")
+    )
+
+
+async def _sent_recently(
     conn: AsyncConnection,
     project_id: int,
     msgs: list[dict[str, Any]],
@@ -107,43 +138,61 @@ async def _sent_today(
     device_map: dict[int, dict[str, Any]],
     category_map: dict[str, dict[str, Any]],
     now: datetime,
-) -> dict[str, set[tuple[int, str, str | None]]]:
-    """Per capped user: the notifications (send, occurrence, category) sent since local midnight."""
-    capped_categories = {n for n, c in category_map.items() if c.get("daily_cap") is not None}
+) -> tuple[dict[str, dict[SentKey, datetime]], dict[str, datetime]]:
+    """Per capped user: the notifications sent since local midnight or within the last hour
+    (whichever began earlier), with when they went out; and each user's local midnight."""
     day_start: dict[str, datetime] = {}
     for m in msgs:
         uid = m["user_id"]
         if not uid or uid in day_start:
             continue
         user = user_map.get(uid)
-        if (user and user.get("daily_cap") is not None) or m["category"] in capped_categories:
+        if _capped(user, category_map.get(m["category"] or "")):
             tz = zone(user_timezone(user, device_map.get(m["device_id"]) or {}))
             day_start[uid] = local_day_start(now, tz)
-    sent: dict[str, set[tuple[int, str, str | None]]] = defaultdict(set)
+    sent: dict[str, dict[SentKey, datetime]] = defaultdict(dict)
     if not day_start:
-        return sent
+        return sent, day_start
+    since = min(min(day_start.values()), now - HOUR)
     rows = await conn.execute(
         select(messages.c.user_id, messages.c.send_id, messages.c.occurrence, messages.c.category, messages.c.sent_at)
         .where(
             messages.c.project_id == project_id,
             messages.c.user_id.in_(list(day_start)),
             messages.c.status.in_(COUNTED),
-            messages.c.sent_at >= min(day_start.values()),
+            messages.c.sent_at >= since,
         )
         .distinct()
     )
     for r in rows:
-        if r.sent_at >= day_start[r.user_id]:
-            sent[r.user_id].add((r.send_id, r.occurrence, r.category))
-    return sent
+        if r.sent_at >= min(day_start[r.user_id], now - HOUR):
+            key = (r.send_id, r.occurrence, r.category)
+            first = sent[r.user_id].get(key)
+            sent[r.user_id][key] = r.sent_at if first is None else min(first, r.sent_at)
+    return sent, day_start
+
+
+def _recent(seen: dict[SentKey, datetime], day_start: datetime | None, category: str | None, now: datetime) -> Recent:
+    if day_start is None:
+        return Recent()
+    hour_ago = now - HOUR
+    today = [(k, t) for k, t in seen.items() if t >= day_start]
+    recent_all = sorted((t, k[2]) for k, t in seen.items() if t > hour_ago)
+    return Recent(
+        today=len(today),
+        today_in_category=sum(1 for k, _ in today if k[2] == category),
+        last_hour=tuple(t for t, _ in recent_all),
+        last_hour_in_category=tuple(t for t, c in recent_all if c == category),
+    )
 
 
 def _decide_all(state: dict[str, Any], now: datetime) -> list[tuple[dict[str, Any], Decision]]:
-    counts: dict[str, set[tuple[int, str, str | None]]] = state["counts"]
+    counts: dict[str, dict[SentKey, datetime]] = state["counts"]
+    day_starts: dict[str, datetime] = state["day_starts"]
     out = []
     for m in state["messages"]:
         uid = m["user_id"]
-        seen = counts.get(uid, set()) if uid else set()
+        seen = counts.get(uid, {}) if uid else {}
         key = (m["send_id"], m["occurrence"], m["category"])
         already_counted = key in seen  # another device of the same user got this notification
         decision = decide(
@@ -153,12 +202,11 @@ def _decide_all(state: dict[str, Any], now: datetime) -> list[tuple[dict[str, An
             user=state["users"].get(uid) if uid else None,
             category=state["categories"].get(m["category"] or ""),
             category_enabled=state["overrides"].get((uid, m["category"])) if uid else None,
-            sent_today=0 if already_counted else len(seen),
-            sent_today_in_category=0 if already_counted else sum(1 for k in seen if k[2] == m["category"]),
+            recent=Recent() if already_counted else _recent(seen, day_starts.get(uid or ""), m["category"], now),
             now=now,
         )
-        if decision.action == "send" and uid:
-            counts.setdefault(uid, set()).add(key)
+        if decision.action == "send" and uid and uid in day_starts:
+            counts.setdefault(uid, {}).setdefault(key, now)
         DECISIONS.labels(decision.action).inc()
         out.append((m, decision))
     return out

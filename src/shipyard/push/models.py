@@ -57,7 +57,7 @@ topic_subscriptions = Table(
     Index("ix_push_topic_subscriptions_topic", "project_id", "topic"),
 )
 
-# Per app user: segment properties, timezone, quiet hours and the daily cap.
+# Per app user: segment properties, timezone, quiet hours and caps.
 users = Table(
     "push_users",
     metadata,
@@ -70,6 +70,8 @@ users = Table(
     Column("quiet_end", String(5), nullable=True),
     Column("quiet_timezone", String(64), nullable=True),
     Column("daily_cap", Integer, nullable=True),
+    Column("hourly_cap", Integer, nullable=True),  # at most N in any 60 minutes (push_0002)
+    Column("category_caps", Json, nullable=True),  # {category: N per local day} (push_0002)
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
 )
@@ -93,6 +95,7 @@ categories = Table(
     Column("critical", Boolean, nullable=False, default=False),
     Column("default_enabled", Boolean, nullable=False, default=True),
     Column("daily_cap", Integer, nullable=True),
+    Column("hourly_cap", Integer, nullable=True),  # per user, any 60 minutes (push_0002)
     Column("digest_window_seconds", Integer, nullable=True),
     Column("digest_title", String(200), nullable=True),
     Column("digest_body", String(500), nullable=True),

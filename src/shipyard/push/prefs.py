@@ -42,6 +42,7 @@ async def put_category(conn: AsyncConnection, project_id: int, name: str, body: 
         "critical": bool(body.get("critical", False)),
         "default_enabled": bool(body.get("default_enabled", True)),
         "daily_cap": body.get("daily_cap"),
+        "hourly_cap": body.get("hourly_cap"),
         "digest_window_seconds": window,
         "digest_title": body.get("digest_title"),
         "digest_body": body.get("digest_body"),
@@ -153,13 +154,16 @@ async def get_preferences(conn: AsyncConnection, project_id: int, user_id: str) 
         },
         "quiet_hours": quiet,
         "daily_cap": user.get("daily_cap"),
+        "hourly_cap": user.get("hourly_cap"),
+        "category_caps": user.get("category_caps") or {},
         "timezone": user.get("timezone"),
     }
 
 
 async def set_preferences(conn: AsyncConnection, project_id: int, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Apply a partial preferences update: ``categories`` {name: bool}, ``quiet_hours``
-    ({start, end, timezone} or null to clear), ``daily_cap`` (int or null), ``timezone``."""
+    ({start, end, timezone} or null to clear), ``daily_cap`` / ``hourly_cap`` (int or null),
+    ``category_caps`` ({name: int or null}, merged into the stored ones), ``timezone``."""
     known = await category_map(conn, project_id)
     changes: dict[str, Any] = {}
     if "quiet_hours" in body:
@@ -182,6 +186,13 @@ async def set_preferences(conn: AsyncConnection, project_id: int, user_id: str, 
         if cap is not None and (not isinstance(cap, int) or cap < 0 or cap > 10_000):
             raise BadRequest("daily_cap must be null or an integer 0 … 10000")
         changes["daily_cap"] = cap
+    if "hourly_cap" in body:
+        cap = body["hourly_cap"]
+        if cap is not None and (not isinstance(cap, int) or cap < 1 or cap > 10_000):
+            raise BadRequest("hourly_cap must be null or an integer 1 … 10000")
+        changes["hourly_cap"] = cap
+    if body.get("category_caps"):
+        changes["category_caps"] = await _merged_category_caps(conn, project_id, user_id, body["category_caps"], known)
     if body.get("timezone"):
         changes["timezone"] = body["timezone"]
     await put_user(conn, project_id, user_id, changes)
@@ -203,6 +214,26 @@ async def set_preferences(conn: AsyncConnection, project_id: int, user_id: str, 
             )
         )
     return await get_preferences(conn, project_id, user_id)
+
+
+async def _merged_category_caps(
+    conn: AsyncConnection,
+    project_id: int,
+    user_id: str,
+    caps: dict[str, Any],
+    known: dict[str, dict[str, Any]],
+) -> dict[str, int]:
+    merged = dict((await get_user(conn, project_id, user_id) or {}).get("category_caps") or {})
+    for name, cap in caps.items():
+        if name not in known:
+            raise BadRequest(f"unknown category {name!r}; the project defines: {', '.join(sorted(known)) or 'none'}")
+        if cap is None:
+            merged.pop(name, None)
+        elif not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= 10_000:
+            raise BadRequest(f"category_caps.{name} must be null or an integer 0 … 10000")
+        else:
+            merged[name] = cap
+    return merged
 
 
 async def opt_out_counts(conn: AsyncConnection, project_id: int) -> dict[str, int]:

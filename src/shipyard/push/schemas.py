@@ -46,6 +46,12 @@ class PreferencesBody(BaseModel):
     categories: dict[str, bool] | None = None
     quiet_hours: QuietHours | None = None
     daily_cap: int | None = Field(None, ge=0, le=10000)
+    hourly_cap: int | None = Field(
+        None, ge=1, le=10000, description="At most this many notifications in any 60 minutes; more wait (deferred)."
+    )
+    category_caps: dict[str, int | None] | None = Field(
+        None, description="Per category: at most N per local day for this user (null removes the cap)."
+    )
     timezone: str | None = Field(None, max_length=64)
 
 
@@ -62,6 +68,9 @@ class CategoryBody(Strict):
     critical: bool = Field(False, description="Bypasses quiet hours and daily caps (never a user's opt-out).")
     default_enabled: bool = True
     daily_cap: int | None = Field(None, ge=0, le=10000, description="Per user per local day for this category.")
+    hourly_cap: int | None = Field(
+        None, ge=1, le=10000, description="Per user in any 60 minutes for this category; more wait (deferred)."
+    )
     digest_window_seconds: int | None = Field(
         None, ge=10, le=7 * 86400, description="Collapse this category's notifications within the window into one."
     )
