@@ -214,9 +214,9 @@ async def _over_quota(ctx: Context, project_id: int, rates: list[RateLimitItem],
     """0 when the item fits the project's quotas, else the whole seconds until it would."""
     limiter = rate_limiter(ctx)
     for rate in rates:
-        decision = await limiter.hit(rate, "errors-quota", str(project_id), group)
-        if not decision.allowed:
-            return decision.reset_after
+        seconds = await limiter.seconds_until_fits(rate, "errors-quota", str(project_id), group)
+        if seconds:
+            return seconds
     return 0
 
 
