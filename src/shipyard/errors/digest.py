@@ -26,6 +26,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -273,14 +274,16 @@ class Prepared:
         return found
 
 
+@lru_cache(maxsize=256)
 def scrubber_for(cfg: ProjectConfig) -> Scrubber:
+    """Scrubbers hold no state but their rules, so one per configuration serves every envelope."""
     return Scrubber(defaults=cfg.scrub_defaults, extra_fields=cfg.scrub_fields, safe_fields=cfg.safe_fields)
 
 
 async def prepare(ctx: Context, row: Claimed, project: projects.Project) -> Prepared:
-    from shipyard.errors.ingest import limits_of, sealer
+    from shipyard.errors.ingest import ingest_config, limits_of, sealer
 
-    cfg = project_config(ctx.settings, project.settings)
+    cfg, _rates = ingest_config(ctx, project)  # derived once per project object, not per envelope
     scrubber = scrubber_for(cfg)
     parsed = envelope.parse(sealer(ctx).open(row.body), limits_of(ctx))
     out = Prepared(row.id, row.project_id, row.received_at)
