@@ -300,3 +300,25 @@ async def test_envelope_header_id_wins_over_the_payload_id(
     await process(ctx)
     async with ctx.db.connect() as conn:
         assert (await conn.execute(select(events.c.event_id))).scalar_one() == header_id
+
+
+async def test_ingest_answers_carry_request_ids_and_other_methods_get_405(
+    client: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    """The ingest POSTs bypass FastAPI's routing for speed; the gateway's request ids and the
+    router's method handling must be what every other route gets."""
+    ok = await post(client, project, event_envelope(error_event()), headers={"X-Request-Id": "sdk-req-1"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "sdk-req-1"
+    bad = await post(client, project, b"{not json")
+    assert bad.status_code == 400 and bad.headers["x-request-id"]
+    store = await client.post(
+        f"/api/{project['id']}/store/", content=orjson.dumps(error_event()), headers=auth_header(project["public_key"])
+    )
+    assert store.status_code == 200 and store.headers["x-request-id"]
+    for path in (f"/api/{project['id']}/envelope/", f"/api/{project['id']}/store/"):
+        wrong = await client.get(path, headers=auth_header(project["public_key"]))
+        assert wrong.status_code == 405
+        preflight = await client.options(
+            path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status_code == 200

@@ -62,6 +62,17 @@ class RateLimiter:
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Decision(allowed, item.amount, max(0, stats.remaining), reset_after)
 
+    async def seconds_until_fits(self, rate: str | RateLimitItem, *identifiers: str, cost: int = 1) -> int:
+        """Spend ``cost`` like :meth:`hit`; 0 when it fitted, else the whole seconds until it would.
+
+        For hot paths that need no ``RateLimit-*`` headers when allowed: the window's stats
+        (a second storage round trip) are read only on refusal."""
+        item = parse(rate) if isinstance(rate, str) else rate
+        if await self._limiter.hit(item, *identifiers, cost=cost):
+            return 0
+        stats = await self._limiter.get_window_stats(item, *identifiers)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
     async def check(self, rate: str | RateLimitItem, *identifiers: str, cost: int = 1) -> Decision:
         """``hit`` that raises ``RateLimited`` (a 429 with headers) when over the limit."""
         decision = await self.hit(rate, *identifiers, cost=cost)

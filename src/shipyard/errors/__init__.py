@@ -33,6 +33,14 @@ def _cli() -> Any:
     return errors_group
 
 
+def _on_startup(app: Any) -> None:
+    from shipyard.errors.api import fast_ingest_routes
+
+    for route in reversed(fast_ingest_routes):
+        if route not in app.router.routes:
+            app.router.routes.insert(0, route)
+
+
 feature = Feature(
     name="errors",
     admin_routers=_admin_routers,
@@ -42,4 +50,5 @@ feature = Feature(
     cli=_cli,
     migrations=Path(__file__).parent / "migrations",
     nav=[NavEntry("Issues", "errors"), NavEntry("Release health", "errors/releases")],
+    on_startup=_on_startup,
 )

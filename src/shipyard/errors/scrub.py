@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, AnyStr, Generic
 
+import ahocorasick
+
 FILTERED = "[Filtered]"
 
 SECRET_NAMES = (
@@ -79,10 +81,9 @@ _DIGITS = re.compile(r"\d(?:[ -]?\d){11}")
 
 @dataclass(frozen=True)
 class _ScreenRules(Generic[AnyStr]):
-    """The whole-document pre-screen's tests, for ``str`` or ``bytes`` documents."""
+    """The whole-document pre-screen's card test, for ``str`` or ``bytes`` documents (the
+    needles are in :func:`_screen_automaton`)."""
 
-    cookie: AnyStr
-    needles: tuple[AnyStr, ...]
     card: re.Pattern[AnyStr]
     # Every card match lies inside a chain of 12 or more digits joined by at most one space or dash.
     chain: re.Pattern[AnyStr]
@@ -92,10 +93,8 @@ class _ScreenRules(Generic[AnyStr]):
 # of at least 12 "0"s, which bytes.find locates at C speed.
 _CHAIN_MASK = bytes(48 if 48 <= i <= 57 or i in (32, 45) else 120 for i in range(256))
 _DIGIT_CHAIN = r"\d(?:[ -]?\d){11,}"
-_STR_RULES = _ScreenRules("cookie", _NEEDLES, re.compile(_CARD), re.compile(_DIGIT_CHAIN))
-_BYTE_RULES = _ScreenRules(
-    b"cookie", tuple(n.encode() for n in _NEEDLES), re.compile(_CARD.encode()), re.compile(_DIGIT_CHAIN.encode())
-)
+_STR_RULES = _ScreenRules(re.compile(_CARD), re.compile(_DIGIT_CHAIN))
+_BYTE_RULES = _ScreenRules(re.compile(_CARD.encode()), re.compile(_DIGIT_CHAIN.encode()))
 
 
 def _may_match(value: str) -> bool:
@@ -139,13 +138,27 @@ def _holds_card(text: AnyStr, rules: _ScreenRules[AnyStr]) -> bool:
     leading look-behind makes a plain search try every position of the document), each
     from every start, a superset of the positions a substitution would try.
     """
-    windows = _chain_windows(text) if isinstance(text, bytes) else [(0, len(text))]
-    for window_start, window_end in windows:
-        for chain in rules.chain.finditer(text, window_start, window_end):
-            for start in range(chain.start(), chain.end() - 11):
-                match = rules.card.match(text, start)
-                if match is not None and _is_card(_as_str(match.group(0))):
-                    return True
+    if isinstance(text, bytes):
+        return any(_window_holds_card(text[start:end]) for start, end in _chain_windows(text))
+    return _card_between(text, rules, 0, len(text))
+
+
+@lru_cache(maxsize=4096)
+def _window_holds_card(window: bytes) -> bool:
+    """:func:`_holds_card` for one stretch of digits, spaces and dashes. The answer depends on
+    the stretch alone (the characters around it are neither, so the rule's look-arounds see
+    the same as at the ends of the slice), and the same ones recur in event after event (an
+    OTA update id, a device id): trying every start of a 14-digit UUID tail took 11 % of the
+    digester's time on the benchmark's event."""
+    return _card_between(window, _BYTE_RULES, 0, len(window))
+
+
+def _card_between(text: AnyStr, rules: _ScreenRules[AnyStr], window_start: int, window_end: int) -> bool:
+    for chain in rules.chain.finditer(text, window_start, window_end):
+        for start in range(chain.start(), chain.end() - 11):
+            match = rules.card.match(text, start)
+            if match is not None and _is_card(_as_str(match.group(0))):
+                return True
     return False
 
 
@@ -169,6 +182,18 @@ def scrub_string(value: str) -> str:
     if not _may_match(value):
         return value
     return _VALUE_RULES.sub(_replace, value)
+
+
+@lru_cache(maxsize=256)
+def _screen_automaton(defaults: bool, extra: tuple[str, ...]) -> Any:
+    """Every needle of the pre-screen in one Aho-Corasick automaton: one pass over the document
+    finds whether any occurs, instead of one ``in`` test per needle (2.5x faster on an 8 KB
+    crash event: 51 against 126 µs)."""
+    automaton = ahocorasick.Automaton()
+    for word in {"cookie", *extra, *(_NEEDLES if defaults else ())}:
+        automaton.add_word(word, word)
+    automaton.make_automaton()
+    return automaton
 
 
 @lru_cache(maxsize=8192)
@@ -222,15 +247,18 @@ class Scrubber:
         if b"\\u" in raw:
             return True
         if raw.isascii():  # bytes.lower() is str.lower() for ASCII; other text needs Unicode rules
-            return self._screen(raw.lower(), [n.encode() for n in self.extra], _BYTE_RULES)
-        return self._screen(raw.decode("utf-8", errors="replace").lower(), self.extra, _STR_RULES)
+            lowered = raw.lower()
+            return self._screen(lowered.decode("ascii"), lowered, _BYTE_RULES)
+        text = raw.decode("utf-8", errors="replace").lower()
+        return self._screen(text, text, _STR_RULES)
 
-    def _screen(self, text: AnyStr, extra: list[AnyStr], rules: _ScreenRules[AnyStr]) -> bool:
-        if rules.cookie in text or any(name in text for name in extra):
+    def _screen(self, text: str, card_text: AnyStr, rules: _ScreenRules[AnyStr]) -> bool:
+        """``text`` is the lower-cased document; ``card_text`` the same as bytes when it is ASCII
+        (the card test finds digit chains faster in bytes)."""
+        automaton = _screen_automaton(self.defaults, tuple(self.extra))
+        if next(automaton.iter(text), None) is not None:
             return True
-        if not self.defaults:
-            return False
-        return any(needle in text for needle in rules.needles) or _holds_card(text, rules)
+        return self.defaults and _holds_card(card_text, rules)
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
