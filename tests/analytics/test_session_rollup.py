@@ -12,6 +12,7 @@ from sqlalchemy import select
 from shipyard.analytics import behaviour, rollups, service, session_rollup
 from shipyard.analytics.session_rollup import session_days
 from shipyard.core.context import Context
+from shipyard.core.models import projects
 from tests.analytics.helpers import insert
 
 T0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -128,3 +129,23 @@ async def test_erasing_a_user_removes_their_sessions(ctx: Context, project: dict
     await rollups.run_rollup(ctx)
     assert (await summary(ctx, pid, DAY0, DAY0 + 1))["sessions"] == 1
     assert await fresh_days(ctx, pid) >= {DAY0, DAY0 + 1}
+
+
+async def test_a_new_session_timeout_recomputes_the_rollup(ctx: Context, project: dict[str, Any]) -> None:
+    pid = project["id"]
+    await insert(ctx, pid, [("u1", "app_opened", T0 + H), ("u1", "post_liked", T0 + H + 20 * M)])
+    await rollups.run_rollup(ctx)
+    assert (await summary(ctx, pid, DAY0, DAY0))["sessions"] == 1
+    async with ctx.db.transaction() as conn:
+        await conn.execute(
+            projects.update()
+            .where(projects.c.id == pid)
+            .values(settings={"analytics": {"session_timeout_minutes": 10}})
+        )
+    await rollups.run_rollup(ctx)
+    async with ctx.db.connect() as conn:
+        mark = await rollups.watermark(conn)
+        ten = await session_rollup.sessions_summary(conn, pid, DAY0, DAY0, 10 * M, today=TODAY, watermark=mark)
+        stored = (await conn.execute(select(session_days.c.timeout_ms).where(session_days.c.day == DAY0))).scalar()
+    assert ten["sessions"] == 2
+    assert stored == 10 * M  # recomputed in the rollup, not only read raw

@@ -14,7 +14,7 @@ day before when a new event could extend one of that day's sessions (it lies wit
 session timeout of the latest session end stored for the day). Stale days before today
 are recomputed from raw events; today is always read raw. Erasing a user marks their
 days stale. Days computed with another session timeout than the project's current one
-count as not rolled up.
+are read raw, and recomputed by the next rollup run.
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ async def _timeouts(conn: AsyncConnection, ctx: Context, project_ids: set[int]) 
 
 async def refresh(ctx: Context, today: int) -> int:
     """Recompute stale days before ``today``; returns how many days were recomputed."""
+    await _mark_changed_timeouts(ctx)
     async with ctx.db.connect() as conn:
         stale = (
             await conn.execute(
@@ -209,6 +210,21 @@ async def refresh(ctx: Context, today: int) -> int:
                         await _store(conn, project_id, day, timeout, figures[day])
                         done += 1
     return done
+
+
+async def _mark_changed_timeouts(ctx: Context) -> None:
+    """Days computed with a session timeout the project no longer uses are recomputed."""
+    async with ctx.db.transaction() as conn:
+        used = (await conn.execute(select(session_days.c.project_id, session_days.c.timeout_ms).distinct())).all()
+        timeouts = await _timeouts(conn, ctx, {int(r.project_id) for r in used})
+        for project_id, timeout_ms in used:
+            current = timeouts.get(int(project_id))
+            if timeout_ms is not None and current is not None and int(timeout_ms) != current:
+                await conn.execute(
+                    update(session_days)
+                    .where(session_days.c.project_id == project_id, session_days.c.timeout_ms == timeout_ms)
+                    .values(stale=True)
+                )
 
 
 async def _store(conn: AsyncConnection, project_id: int, day: int, timeout_ms: int, f: DayFigures) -> None:
