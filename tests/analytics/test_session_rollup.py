@@ -4,12 +4,12 @@ arrive late, extend yesterday's sessions across midnight, or a user is erased.""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from shipyard.analytics import behaviour, rollups, service, session_rollup
+from shipyard.analytics import behaviour, overview, rollups, service, session_rollup
 from shipyard.analytics.session_rollup import session_days
 from shipyard.core.context import Context
 from shipyard.core.models import projects
@@ -149,3 +149,32 @@ async def test_a_new_session_timeout_recomputes_the_rollup(ctx: Context, project
         stored = (await conn.execute(select(session_days.c.timeout_ms).where(session_days.c.day == DAY0))).scalar()
     assert ten["sessions"] == 2
     assert stored == 10 * M  # recomputed in the rollup, not only read raw
+
+
+async def test_overview_active_users_count_events_not_folded_in_yet(ctx: Context, project: dict[str, Any]) -> None:
+    pid = project["id"]
+    today = datetime.now(UTC).date()
+    start = int(datetime.combine(today, datetime.min.time(), UTC).timestamp() * 1000) + 1
+    await insert(ctx, pid, [("a", "app_opened", start - 3 * D), ("b", "app_opened", start - 3 * D)])
+    await rollups.run_rollup(ctx)
+    # Above the watermark: a new day for a, a known day for b, new users c (month) and d (today).
+    await insert(
+        ctx,
+        pid,
+        [
+            ("a", "app_opened", start),
+            ("b", "post_liked", start - 3 * D + M),
+            ("c", "app_opened", start - 10 * D),
+            ("d", "app_opened", start),
+        ],
+    )
+    async with ctx.db.connect() as conn:
+        with_tail = await overview._active_users(conn, pid, today)
+    await rollups.run_rollup(ctx)
+    async with ctx.db.connect() as conn:
+        folded = await overview._active_users(conn, pid, today)
+    assert with_tail == folded
+    assert folded["today"] == {"dau": 2, "wau": 3, "mau": 4, "stickiness": 0.5}
+    series = dict(folded["dau_series"])
+    assert series[(today - timedelta(days=3)).isoformat()] == 2
+    assert series[(today - timedelta(days=10)).isoformat()] == 1
