@@ -217,7 +217,14 @@ async def create_insight(
     return await get_insight(conn, project_id, int(new_id))
 
 
+# Ids are a 32-bit INTEGER column: a larger id in a URL cannot exist (and PostgreSQL would
+# refuse to bind it, turning a plain "not found" into a 500).
+MAX_ID = 2**31 - 1
+
+
 async def get_insight(conn: AsyncConnection, project_id: int, insight_id: int) -> dict[str, Any]:
+    if not 0 < insight_id <= MAX_ID:
+        raise NotFound("insight")
     row = (
         await conn.execute(select(insights).where(insights.c.project_id == project_id, insights.c.id == insight_id))
     ).first()
@@ -239,6 +246,8 @@ async def update_insight(
 
 
 async def delete_insight(conn: AsyncConnection, project_id: int, insight_id: int) -> bool:
+    if not 0 < insight_id <= MAX_ID:
+        return False
     result = await conn.execute(
         delete(insights).where(insights.c.project_id == project_id, insights.c.id == insight_id)
     )

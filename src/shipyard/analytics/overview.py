@@ -16,10 +16,13 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shipyard.analytics import behaviour, plan, queries
+from shipyard.analytics import plan, queries, session_rollup
 from shipyard.analytics.config import config_of
+from shipyard.analytics.models import daily_users
+from shipyard.analytics.rollups import watermark
 from shipyard.analytics.sqlparts import NON_ACTIONS, day_date, day_number
 from shipyard.core.context import Context
 from shipyard.core.projects import Project
@@ -46,23 +49,55 @@ async def _optional(ctx: Context, module_name: str, function: str, *args: Any) -
 async def _active_users(conn: AsyncConnection, project_id: int, today: date) -> dict[str, Any]:
     """DAU for each of the last 30 days, and today's DAU, WAU, MAU and stickiness.
 
-    The same definitions as the active-users insight, but only today's WAU and MAU: one
-    read of 30 days of (user, day) pairs from the rollups instead of the 59 days and the
-    per-day rolling windows the insight needs for its 30-day WAU/MAU series."""
+    The same definitions as the active-users insight, but only today's WAU and MAU. They are
+    counted in SQL on the activity rollup (moving its ≈340,000 (user, day) pairs of 1,000,000
+    events into Python took most of the page's cold time), then corrected in Python with
+    the few pairs of events not folded in yet."""
     first, last = day_number(today) - 29, day_number(today)
-    pairs = await queries.activity_pairs(conn, project_id, first, last)
-    per_day = Counter(day for _user, day in pairs)
+    in_range = and_(daily_users.c.project_id == project_id, daily_users.c.day >= first, daily_users.c.day <= last)
+    per_day = Counter(
+        {
+            int(day): int(n)
+            for day, n in await conn.execute(
+                select(daily_users.c.day, func.count()).where(in_range).group_by(daily_users.c.day)
+            )
+        }
+    )
+    # One pass grouping by user (a hash aggregate on PostgreSQL) instead of two
+    # COUNT(DISTINCT …), which sort the 30 days of pairs each.
+    latest = (
+        select(func.max(daily_users.c.day).label("latest")).where(in_range).group_by(daily_users.c.user_key)
+    ).subquery()
+    mau_row, wau_row = (
+        await conn.execute(select(func.count(), func.sum(case((latest.c.latest > last - 7, 1), else_=0))))
+    ).one()
+    mau, wau = int(mau_row), int(wau_row or 0)
+    tail = await queries.unfolded_activity(conn, project_id, first, last)
+    if tail:
+        known = await conn.execute(
+            select(daily_users.c.user_key, daily_users.c.day).where(
+                in_range, daily_users.c.user_key.in_({user for user, _day in tail})
+            )
+        )
+        known_days: dict[str, set[int]] = {}
+        for user, day in known:
+            known_days.setdefault(user, set()).add(int(day))
+        for user, day in tail:
+            days = known_days.setdefault(user, set())
+            if day not in days:
+                per_day[day] += 1
+                wau += day > last - 7 and not any(d > last - 7 for d in days)
+                mau += not days
+                days.add(day)
     dau_series = [(day_date(d).isoformat(), per_day.get(d, 0)) for d in range(first, last + 1)]
-    week = {user for user, day in pairs if day > last - 7}
-    month = {user for user, _day in pairs}
     dau = per_day.get(last, 0)
     return {
         "dau_series": dau_series,
         "today": {
             "dau": dau,
-            "wau": len(week),
-            "mau": len(month),
-            "stickiness": round(dau / len(month), 4) if month else None,
+            "wau": wau,
+            "mau": mau,
+            "stickiness": round(dau / mau, 4) if mau else None,
         },
     }
 
@@ -88,8 +123,17 @@ async def overview(conn: AsyncConnection, ctx: Context, project: Project) -> dic
     area_counts = {area: sum(per_event.get(e, 0) for e in names) for area, names in sorted(areas.items())}
     tracked_opens = sum(per_event.get(e, 0) for e in queries.NOTIFICATION_OPEN_EVENTS)
     timeout = config_of(project).session_timeout_ms(ctx.settings)
-    week = behaviour.SessionsQuery(date_from=week_start, date_to=today)
-    sessions = (await behaviour.sessions(conn, project.id, week, timeout))["summary"]
+    # Sessions from the sessions rollup plus today's raw tail: computing the week from raw
+    # events took ≈6 s on 1,000,000 events.
+    sessions = await session_rollup.sessions_summary(
+        conn,
+        project.id,
+        day_number(week_start),
+        day_number(today),
+        timeout,
+        today=day_number(today),
+        watermark=await watermark(conn),
+    )
     since = datetime.combine(week_start, datetime.min.time(), UTC)
     crash_free = await _optional(ctx, "shipyard.errors.service", "crash_free_rate", project.id, since)
     push_opens = await _optional(ctx, "shipyard.push.service", "notification_open_stats", project.id, since)

@@ -53,6 +53,25 @@ class QueryBase(DateRange):
 # --- shared sources ------------------------------------------------------------------------------------
 
 
+async def unfolded_activity(
+    conn: AsyncConnection, project_id: int, first_day: int, last_day: int
+) -> set[tuple[str, int]]:
+    """Distinct (user_key, day) pairs of events above the rollup watermark."""
+    day = day_of(events.c.ts_ms)
+    lo, hi = ts_range(first_day, last_day)
+    rows = await conn.execute(
+        select(events.c.user_key, day.label("day"))
+        .where(
+            events.c.project_id == project_id,
+            events.c.id > await watermark(conn),
+            events.c.ts_ms >= lo,
+            events.c.ts_ms < hi,
+        )
+        .distinct()
+    )
+    return {(r[0], int(r[1])) for r in rows}
+
+
 async def activity_pairs(
     conn: AsyncConnection,
     project_id: int,

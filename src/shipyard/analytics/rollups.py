@@ -2,7 +2,8 @@
 
 The rollup job walks the events table by id from a stored watermark and folds each new
 range into daily counts per event, daily active users, and first/last seen per user —
-the incremental equivalent of the CoachMeld document's materialized views. Reads that
+the incremental equivalent of the CoachMeld document's materialized views; it also keeps
+the per-day sessions rollup (``session_rollup``) up to date. Reads that
 need exact numbers add the few events above the watermark (the "tail") to the rollup.
 
 Ids grow monotonically (``AUTOINCREMENT`` on SQLite; a sequence on PostgreSQL). On
@@ -19,8 +20,10 @@ from typing import Any
 from sqlalchemy import and_, case, delete, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shipyard.analytics import session_rollup
 from shipyard.analytics.identity import dialect_insert
 from shipyard.analytics.models import aliases, daily_counts, daily_users, events, rollup_state, users
+from shipyard.analytics.segment import DAY_MS
 from shipyard.analytics.sqlparts import day_of
 from shipyard.core.context import Context
 from shipyard.core.db import Json, UtcDateTime, utcnow
@@ -42,6 +45,7 @@ async def run_rollup(ctx: Context, *, max_chunks: int = 50) -> int:
         folded += count
         if count == 0:
             break
+    await session_rollup.refresh(ctx, int(time.time() * 1000) // DAY_MS)
     return folded
 
 
@@ -65,6 +69,7 @@ async def _rollup_chunk(ctx: Context) -> int:
         await _fold_counts(conn, in_range)
         await _fold_daily_users(conn, in_range)
         await _fold_users(conn, in_range)
+        await session_rollup.mark_new_events(conn, in_range)
         await _set_watermark(conn, high)
     return count
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shipyard.analytics import session_rollup
 from shipyard.analytics.config import AnalyticsConfig
 from shipyard.analytics.consent import consent_history_of, current_consent, has_consent
 from shipyard.analytics.identity import resolve
@@ -203,7 +204,10 @@ async def erase_user(conn: AsyncConnection, project_id: int, user_id: str) -> in
         .where(events.c.project_id == project_id, belongs, events.c.id <= mark)
         .group_by(day, events.c.event)
     )
-    for row in rolled.all():
+    rolled_rows = rolled.all()
+    # Their sessions are recomputed from the remaining raw events by the next rollup.
+    await session_rollup.mark_stale(conn, project_id, [int(row.day) for row in rolled_rows])
+    for row in rolled_rows:
         await conn.execute(
             update(daily_counts)
             .where(
