@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Text, and_, bindparam, delete, func, literal_column, select, union, update
+from sqlalchemy import ColumnElement, Text, and_, bindparam, delete, func, literal_column, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -98,7 +98,7 @@ async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[
     if not keys:
         return set()
     # One statement (a UNION over the tables) rather than one per table.
-    query = union(
+    query = union_all(
         *(
             select(table.c.user_key).where(table.c.project_id == project_id, in_list(conn, table.c.user_key, keys))
             for table in (*_HISTORY_TABLES, aliases)
@@ -140,13 +140,9 @@ async def link_many(conn: AsyncConnection, project_id: int, pairs: list[tuple[st
             new[alias] = target
     if not new:
         return result
-    now = utcnow()
-    inserted = await conn.execute(
-        dialect_insert(conn, aliases).on_conflict_do_nothing(index_elements=["project_id", "alias"]),
-        [{"project_id": project_id, "alias": a, "user_key": t, "created_at": now} for a, t in new.items()],
-    )
+    inserted = await _insert_aliases(conn, project_id, new)
     # Another process may have linked some of them first: theirs wins, nothing to merge.
-    owners = new if inserted.rowcount == len(new) else await resolve(conn, project_id, list(new))
+    owners = new if inserted == len(new) else await resolve(conn, project_id, list(new))
     mine = {a: t for a, t in new.items() if owners.get(a) == t}
     result.extend((a, owners[a]) for a in new if a in owners)
     for alias in await _keys_with_history(conn, project_id, list(mine)):
@@ -158,6 +154,30 @@ async def link_many(conn: AsyncConnection, project_id: int, pairs: list[tuple[st
         )
         await merge(conn, project_id, alias, target)
     return result
+
+
+async def _insert_aliases(conn: AsyncConnection, project_id: int, links: dict[str, str]) -> int:
+    """Insert (alias → user) rows, skipping aliases already linked; how many were inserted.
+
+    Straight to the driver (``executemany`` on SQLite, one ``unnest`` insert on
+    PostgreSQL) like the event rows: at ingest nearly every new device brings a link,
+    and Core's per-row bind processing of the dicts cost as much as the insert itself."""
+    now = utcnow()
+    table = aliases.name
+    conflict = "ON CONFLICT (project_id, alias) DO NOTHING"
+    if conn.dialect.name == "postgresql":
+        sql = (
+            f"INSERT INTO {table} (project_id, alias, user_key, created_at) "
+            f"SELECT $1::int, u.alias, u.user_key, $2::timestamptz FROM unnest($3::text[], $4::text[]) "
+            f"AS u(alias, user_key) {conflict}"
+        )
+        result = await conn.exec_driver_sql(sql, (project_id, now, list(links), list(links.values())))
+    else:
+        # What UtcDateTime binds on SQLite: naive UTC text.
+        created = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        sql = f"INSERT INTO {table} (project_id, alias, user_key, created_at) VALUES (?, ?, ?, ?) {conflict}"
+        result = await conn.exec_driver_sql(sql, [(project_id, a, t, created) for a, t in links.items()])
+    return int(result.rowcount or 0)
 
 
 async def merge(conn: AsyncConnection, project_id: int, source: str, target: str) -> None:
