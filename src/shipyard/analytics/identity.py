@@ -50,10 +50,28 @@ def in_list(conn: AsyncConnection, column: Any, values: list[str]) -> ColumnElem
     return found
 
 
+def _pg_probe(table: str, key_column: str, returned: str) -> str:
+    """PostgreSQL: look each key of the ``$2`` array up by index, one probe per key.
+
+    ``IN (SELECT unnest(...))`` lets the planner pick a hash semi-join that reads every
+    row of the project; it does so on a young table whose statistics still say "2 rows",
+    and each group commit then cost time in proportion to the table (28 ms per 100
+    events at 20,000 events stored, measured). A LATERAL subquery with LIMIT cannot be
+    flattened into a join, so it stays an index lookup per key whatever the statistics."""
+    columns = ", ".join(f"t.{c.strip()}" for c in returned.split(","))
+    return (
+        f"SELECT {columns} FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL "
+        f"(SELECT {returned} FROM {table} WHERE project_id = $1 AND {key_column} = k.key LIMIT 1) AS t"
+    )
+
+
 async def resolve(conn: AsyncConnection, project_id: int, ids: list[str]) -> dict[str, str]:
     """The user each id has been linked to (ids without a link are absent)."""
     if not ids:
         return {}
+    if conn.dialect.name == "postgresql":
+        found: Any = await conn.exec_driver_sql(_pg_probe(aliases.name, "alias", "alias, user_key"), (project_id, ids))
+        return {row[0]: row[1] for row in found}
     rows = await conn.execute(
         select(aliases.c.alias, aliases.c.user_key).where(
             aliases.c.project_id == project_id, in_list(conn, aliases.c.alias, ids)
@@ -91,12 +109,27 @@ async def link(conn: AsyncConnection, project_id: int, alias: str, user_key: str
 
 
 _HISTORY_TABLES = (events, daily_users, users, consents, consent_history, group_members)
+# The history tables with an index leading with (project_id, user_key).
+_PROBED_TABLES = (events, daily_users, users, consents, consent_history)
 
 
 async def _keys_with_history(conn: AsyncConnection, project_id: int, keys: list[str]) -> set[str]:
     """Which of ``keys`` have anything stored under them (an alias pointing at them included)."""
     if not keys:
         return set()
+    if conn.dialect.name == "postgresql":
+        # Per-key index probes where an index leads with (project_id, user_key); group
+        # members (keyed by group first) keep the semi-join.
+        probes = " UNION ALL ".join(
+            _pg_probe(table.name, "user_key", "user_key") for table in (*_PROBED_TABLES, aliases)
+        )
+        found = {r[0] for r in await conn.exec_driver_sql(probes, (project_id, keys))}
+        members = await conn.execute(
+            select(group_members.c.user_key).where(
+                group_members.c.project_id == project_id, in_list(conn, group_members.c.user_key, keys)
+            )
+        )
+        return found | {r[0] for r in members}
     # One statement (a UNION over the tables) rather than one per table.
     query = union_all(
         *(
