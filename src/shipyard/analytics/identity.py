@@ -414,11 +414,17 @@ async def set_traits_many(conn: AsyncConnection, project_id: int, ops: list[Trai
         if key not in existing
     ]
     if new:
+        # RETURNING says which rows went in: asyncpg's executemany reports no rowcount, and
+        # comparing it sent every identify of a group down the one-by-one path on PostgreSQL.
         inserted = await conn.execute(
-            dialect_insert(conn, users).on_conflict_do_nothing(index_elements=["project_id", "user_key"]), new
+            dialect_insert(conn, users)
+            .on_conflict_do_nothing(index_elements=["project_id", "user_key"])
+            .returning(users.c.user_key),
+            new,
         )
-        if (inserted.rowcount or 0) < len(new):  # another process created some of them first
-            for row in new:
+        created = {r[0] for r in inserted}
+        for row in new:
+            if row["user_key"] not in created:  # another process created it first
                 await set_traits(
                     conn,
                     project_id,
