@@ -187,7 +187,7 @@ class _Batch:
             self._salts[day] = await consent.daily_salt(self.ctx, self.project.id, day)
         return self._salts[day]
 
-    async def add(
+    def add(
         self,
         m: Message,
         *,
@@ -195,19 +195,22 @@ class _Batch:
         links: dict[str, str],
         states: dict[str, dict[str, bool]],
         current_plan: plan.Plan | None,
-    ) -> None:
+    ) -> bool:
+        """Decide one message and queue its row; True when it must be stored anonymised
+        (``add_anonymised``, which may need the day's salt from the database). Plain
+        function, not a coroutine: it runs for every message."""
         cfg = self.cfg
         linked = links.get(m.anonymous_id) if m.user_id is None and m.anonymous_id else None
         ids = [i for i in (m.user_id, m.anonymous_id, linked) if i]
         if suppressed and any(i in suppressed for i in ids):
             self.counts["suppressed"] += 1
-            return
+            return False
         anonymise = cfg.privacy_mode
         allowed = anonymise or consent.analytics_allowed(cfg.consent_mode, [states.get(i, {}) for i in ids])
         if not allowed:
             if cfg.consent_action == "drop":
                 self.counts["consent_dropped"] += 1
-                return
+                return False
             anonymise = True
             self.counts["consent_anonymised"] += 1
         if current_plan is not None and m.type == "track":
@@ -220,13 +223,13 @@ class _Batch:
                     self.tally.add(day, m.event, violation, blocked=blocked, ts_ms=m.ts_ms, sample=sample)
                 if blocked:
                     self.counts["plan_blocked"] += 1
-                    return
+                    return False
         if anonymise:
-            await self._add_anonymised(m)
-        else:
-            self._add_identified(m, linked)
+            return True
+        self._add_identified(m, linked)
+        return False
 
-    async def _add_anonymised(self, m: Message) -> None:
+    async def add_anonymised(self, m: Message) -> None:
         salt = await self.salt(m.received_ms // DAY_MS)
         key = consent.hashed_id(salt, self.project.id, m.anonymous_id or m.user_id or "")
         properties = {} if m.type in ("identify", "alias") else m.properties
@@ -437,7 +440,8 @@ async def ingest_messages(
             loaded = await plan.cached_plan(ctx, project.id)
             current_plan = loaded if loaded.active else None
         for m in messages:
-            await batch.add(m, suppressed=suppressed, links=links, states=states, current_plan=current_plan)
+            if batch.add(m, suppressed=suppressed, links=links, states=states, current_plan=current_plan):
+                await batch.add_anonymised(m)
     stored, new_links = await batch.commit()
     cache = _link_cache(ctx)
     for alias, target in new_links:

@@ -37,6 +37,11 @@ MAX_NAME_LENGTH = 200
 DAY_MS = 86_400_000
 # Device identifiers dropped from stored context when an event is anonymised.
 DEVICE_IDENTIFIERS = ("id", "advertisingId", "adTrackingEnabled", "token", "deviceId")
+# isinstance() tuples built once: an ``a | b`` union in the call builds a new object on
+# every call, and normalise runs per message.
+_NUMBER = (int, float)
+_ID_TYPES = (str, int, float)
+_STR_OR_INT = (str, int)
 
 
 class SegmentError(ApiError):
@@ -101,7 +106,7 @@ def parse_time_ms(value: Any, field_name: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise MessageError("invalid_timestamp", f"{field_name} must be an ISO-8601 string")
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         # Numbers above 1e11 can only be milliseconds (1e11 seconds is the year 5138).
         return int(value if value > 1e11 else value * 1000)
     if not isinstance(value, str):
@@ -133,9 +138,12 @@ def corrected_time_ms(timestamp_ms: int | None, sent_at_ms: int | None, received
 def _id(value: Any, field_name: str) -> str | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if type(value) is str:  # the common case first
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, _ID_TYPES):
         raise MessageError("invalid_id", f"{field_name} must be a string")
-    text = value if isinstance(value, str) else str(value)
+    else:
+        text = str(value)
     if len(text) > MAX_ID_LENGTH:
         raise MessageError("invalid_id", f"{field_name} is longer than {MAX_ID_LENGTH} characters")
     return text
@@ -164,17 +172,14 @@ def _name(value: Any, field_name: str, *, required: bool) -> str | None:
 def session_id_of(msg: dict[str, Any], context: dict[str, Any], properties: dict[str, Any]) -> str | None:
     """A client session id when the app sends one (seed's sessionId, PostHog's $session_id,
     the Amplitude session plugin's integration option); sessions are otherwise derived."""
-    candidates = (
-        msg.get("sessionId"),
-        context.get("sessionId"),
-        properties.get("$session_id"),
-        (msg.get("integrations") or {}).get("Actions Amplitude", {}).get("session_id")
-        if isinstance((msg.get("integrations") or {}).get("Actions Amplitude"), dict)
-        else None,
-    )
-    for value in candidates:
-        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+    for value in (msg.get("sessionId"), context.get("sessionId"), properties.get("$session_id")):
+        if value is not None and isinstance(value, _STR_OR_INT) and not isinstance(value, bool) and str(value):
             return str(value)[:100]
+    integrations = msg.get("integrations")
+    amplitude = integrations.get("Actions Amplitude") if isinstance(integrations, dict) else None
+    value = amplitude.get("session_id") if isinstance(amplitude, dict) else None
+    if isinstance(value, _STR_OR_INT) and not isinstance(value, bool) and str(value):
+        return str(value)[:100]
     return None
 
 
@@ -248,7 +253,7 @@ def normalise(
     message_id = msg.get("messageId")
     if message_id is None or message_id == "":
         message_id = "srv-" + uuid.uuid4().hex
-    elif not isinstance(message_id, str | int) or isinstance(message_id, bool):
+    elif not isinstance(message_id, _STR_OR_INT) or isinstance(message_id, bool):
         raise MessageError("invalid_message_id", "messageId must be a string")
     message_id = str(message_id)
     if len(message_id) > MAX_MESSAGE_ID_LENGTH:
