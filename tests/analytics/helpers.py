@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from shipyard.analytics import landing
 from shipyard.analytics.models import events
 from shipyard.core.context import Context
 
@@ -38,6 +39,8 @@ def at(days: float = 0, hours: float = 0, base: datetime | None = None) -> str:
 
 
 async def stored(ctx: Context, project_id: int) -> list[Any]:
+    """The project's events, after loading what the landing table holds (as every read does)."""
+    await landing.make_visible(ctx)
     async with ctx.db.connect() as conn:
         rows = await conn.execute(select(events).where(events.c.project_id == project_id).order_by(events.c.id))
         return list(rows)

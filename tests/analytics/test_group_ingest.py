@@ -48,7 +48,7 @@ async def any_project(any_ctx: Context) -> dict[str, Any]:
     return created
 
 
-async def test_concurrent_batches_with_repeated_message_ids_count_each_duplicate_once(
+async def test_concurrent_batches_with_repeated_message_ids_store_and_count_each_duplicate_once(
     any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any]
 ) -> None:
     headers = basic(any_project["write_key"])
@@ -60,9 +60,9 @@ async def test_concurrent_batches_with_repeated_message_ids_count_each_duplicate
         *(any_client.post("/v1/batch", json={"batch": batch}, headers=headers) for batch in batches)
     )
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    duplicates = [r.json().get("not_stored", {}).get("duplicate", 0) for r in responses]
-    assert sum(duplicates) == 19 * 5  # the shared messages are stored by exactly one request
-    assert sorted(duplicates)[:1] == [0] and max(duplicates) == 5
+    # Like Segment, the answer does not report duplicates: they are dropped when the
+    # landing table is loaded, and counted there.
+    assert all(r.json() == {"success": True} for r in responses)
     rows = await stored(any_ctx, any_project["id"])
     assert len(rows) == 20 * 10 + 5
     assert sorted(row.message_id for row in rows if row.message_id.startswith("shared-")) == [

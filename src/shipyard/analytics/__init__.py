@@ -10,7 +10,7 @@ from shipyard.features import Feature, NavEntry
 
 if TYPE_CHECKING:
     import click
-    from fastapi import APIRouter
+    from fastapi import APIRouter, FastAPI
 
 
 def _admin_routers() -> list[APIRouter]:
@@ -26,9 +26,15 @@ def _public_routers() -> list[APIRouter]:
 
 
 def _dashboard_routers() -> list[APIRouter]:
-    from shipyard.analytics import dashboard
+    from shipyard.analytics import api
 
-    return [dashboard.router]
+    return [api.dashboard_router]
+
+
+def _on_startup(app: FastAPI) -> None:
+    from shipyard.analytics import landing
+
+    landing.loader(app.state.ctx).start()
 
 
 def _cli() -> click.Command:
@@ -44,6 +50,7 @@ feature = Feature(
     dashboard_routers=_dashboard_routers,
     job_modules=["shipyard.analytics.jobs"],
     cli=_cli,
+    on_startup=_on_startup,
     migrations=Path(__file__).parent / "migrations",
     nav=[NavEntry("Analytics", "analytics")],
 )

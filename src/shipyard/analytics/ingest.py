@@ -3,13 +3,14 @@ identity → rows committed by group commit.
 
 A request is answered only after its transaction committed (``group_committer``), so a
 200 means the events are durable. Many concurrent requests share one commit, and each
-request's rows go to the database as one statement.
+table is written once per group. Event rows are committed to the landing table
+(``landing.py``), which the loader moves into ``analytics_events`` in large chunks —
+de-duplicating on ``messageId`` there — and which every read drains first.
 
-The event insert is the hot path and bypasses SQLAlchemy's per-row bind processing: the
-rows are already plain tuples of ints and strings (JSON pre-encoded with orjson) and go
-to the driver directly — ``executemany`` on SQLite, one ``INSERT … SELECT FROM unnest()``
-on PostgreSQL. Measured on the 2-core box: 47,000 rows/s this way on SQLite against
-30,000 rows/s through Core's executemany of dicts.
+Rows are plain tuples of ints and strings (JSON pre-encoded with orjson) that go to the
+driver directly, bypassing SQLAlchemy's per-row bind processing — ``executemany`` on
+SQLite, one ``INSERT … SELECT FROM unnest()`` on PostgreSQL. Measured on the 2-core box:
+47,000 rows/s this way on SQLite against 30,000 rows/s through Core's executemany of dicts.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from functools import cache
 from typing import Any
 
 import orjson
-from prometheus_client import Counter as PromCounter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shipyard.analytics import consent, identity, plan
+from shipyard.analytics import consent, identity, landing, plan
 from shipyard.analytics.config import AnalyticsConfig, config_of
-from shipyard.analytics.models import events, ingest_counters
+from shipyard.analytics.models import events
 from shipyard.analytics.segment import (
     DAY_MS,
     Message,
@@ -39,13 +39,6 @@ from shipyard.analytics.segment import (
 from shipyard.core.batching import group_committer
 from shipyard.core.context import Context
 from shipyard.core.projects import Project
-
-EVENTS_TOTAL = PromCounter(
-    "shipyard_analytics_events_total",
-    "Analytics messages received, by outcome (stored, duplicate, invalid, suppressed, consent_dropped, "
-    "consent_anonymised, plan_blocked)",
-    ["outcome"],
-)
 
 EVENT_COLUMNS = (
     "project_id",
@@ -83,8 +76,10 @@ def insert_sql(dialect: str) -> str:
 
 
 async def insert_event_rows(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> int:
-    """Insert event tuples (in ``EVENT_COLUMNS`` order); duplicates of a stored
-    ``messageId`` are skipped. Returns how many rows were inserted."""
+    """Insert event tuples (in ``EVENT_COLUMNS`` order) straight into the events table;
+    duplicates of a stored ``messageId`` are skipped. Returns how many rows were inserted.
+    Ingest stages rows instead (``landing.stage``); this is for imports of history, tests
+    and the benchmarks' baseline."""
     if not rows:
         return 0
     dialect = conn.dialect.name
@@ -318,13 +313,12 @@ class _Pending:
 async def write_pending(conn: AsyncConnection, batches: list[_Pending]) -> list[tuple[int, list[tuple[str, str]]]]:
     """Write the requests of one group commit: each table once for the whole group (one
     statement for all event rows, one link pass and one traits pass per project), rather
-    than a dozen statements per request. Returns (rows stored, links) per request."""
-    stored = await _insert_rows_of(conn, batches)
+    than a dozen statements per request. Returns (rows staged, links) per request."""
+    await landing.stage(conn, [row for batch in batches for row in batch.rows])
     links_by_project: dict[int, list[tuple[str, str]]] = {}
     by_project: dict[int, list[_Pending]] = {}
     for batch in batches:
         by_project.setdefault(batch.project_id, []).append(batch)
-    counters: dict[tuple[int, int], Counter[str]] = {}
     for project_id, items in by_project.items():
         links_by_project[project_id] = await identity.link_many(
             conn, project_id, [pair for batch in items for pair in batch.ops.links]
@@ -340,53 +334,13 @@ async def write_pending(conn: AsyncConnection, batches: list[_Pending]) -> list[
             tally.merge(batch.tally)
         if tally.counts:
             await tally.write(conn, project_id)
-    for batch, count in zip(batches, stored, strict=True):
-        tallies = counters.setdefault((batch.project_id, batch.day), Counter())
-        tallies.update(batch.counts)
-        if len(batch.rows) > count:
-            tallies["duplicate"] += len(batch.rows) - count
+    counters: dict[tuple[int, int], Counter[str]] = {}
+    for batch in batches:
+        counters.setdefault((batch.project_id, batch.day), Counter()).update(batch.counts)
     for (project_id, day), tallies in counters.items():
-        await add_counters(conn, project_id, day, tallies)
-    results: list[tuple[int, list[tuple[str, str]]]] = []
-    for batch, count in zip(batches, stored, strict=True):
-        # Every request gets its project's links: each updates the same process cache.
-        results.append((count, links_by_project.pop(batch.project_id, [])))
-    return results
-
-
-async def _insert_rows_of(conn: AsyncConnection, batches: list[_Pending]) -> list[int]:
-    """Insert the rows of every request in one statement; how many each request stored.
-
-    Duplicates (a client retrying a batch) are rare: when the one statement skipped any,
-    it is undone and the requests are inserted one by one, so that each learns its own
-    count and a messageId repeated within the group counts against the later request."""
-    if len(batches) == 1:
-        return [await insert_event_rows(conn, batches[0].rows)]
-    all_rows = [row for batch in batches for row in batch.rows]
-    if not all_rows:
-        return [0] * len(batches)
-    await conn.exec_driver_sql("SAVEPOINT analytics_rows")
-    if await insert_event_rows(conn, all_rows) == len(all_rows):
-        await conn.exec_driver_sql("RELEASE SAVEPOINT analytics_rows")
-        return [len(batch.rows) for batch in batches]
-    await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT analytics_rows")
-    await conn.exec_driver_sql("RELEASE SAVEPOINT analytics_rows")
-    return [await insert_event_rows(conn, batch.rows) for batch in batches]
-
-
-async def add_counters(conn: AsyncConnection, project_id: int, day: int, counts: Counter[str]) -> None:
-    for outcome, count in counts.items():
-        if not count:
-            continue
-        stmt = identity.dialect_insert(conn, ingest_counters).values(
-            project_id=project_id, day=day, outcome=outcome, count=count
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["project_id", "day", "outcome"],
-                set_={"count": ingest_counters.c.count + stmt.excluded.count},
-            )
-        )
+        await landing.add_counters(conn, project_id, day, tallies)
+    # Every request gets its project's links: each updates the same process cache.
+    return [(len(batch.rows), links_by_project.pop(batch.project_id, [])) for batch in batches]
 
 
 async def ingest_messages(
@@ -443,17 +397,16 @@ async def ingest_messages(
             if batch.add(m, suppressed=suppressed, links=links, states=states, current_plan=current_plan):
                 await batch.add_anonymised(m)
     stored, new_links = await batch.commit()
+    landing.loader(ctx).staged(stored)
     cache = _link_cache(ctx)
     for alias, target in new_links:
         cache[(project.id, alias)] = (0.0, target)
     result.stored = stored
     result.counts = batch.counts
-    if len(batch.rows) > stored:
-        result.counts["duplicate"] += len(batch.rows) - stored
     result.counts["stored"] = stored
     for outcome, count in result.counts.items():
         if count:
-            EVENTS_TOTAL.labels(outcome).inc(count)
+            landing.EVENTS_TOTAL.labels(outcome).inc(count)
     if not result.counts["invalid"]:
         del result.counts["invalid"]
     return result

@@ -13,6 +13,8 @@ to resolve identities.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -27,25 +29,33 @@ from sqlalchemy import (
 
 from shipyard.core.db import BigId, Json, UtcDateTime, metadata
 
+
+def _event_columns() -> list[Column[Any]]:
+    """The columns of a stored message, shared by the events and the landing table."""
+    return [
+        Column("project_id", Integer, nullable=False),
+        Column("message_id", String(100), nullable=False),
+        Column("type", String(10), nullable=False),  # track | screen | page | identify | group | alias
+        # The track event name, or $screen / $pageview / $identify / $group / $alias.
+        Column("event", String(200), nullable=False),
+        Column("screen", String(200), nullable=True),  # screen / page name
+        Column("user_key", String(200), nullable=False),
+        Column("user_id", String(200), nullable=True),
+        Column("anonymous_id", String(200), nullable=True),
+        Column("ts_ms", BigInteger, nullable=False),  # skew-corrected event time
+        Column("received_ms", BigInteger, nullable=False),
+        Column("session_id", String(100), nullable=True),  # client-supplied session id, if any
+        Column("properties", Json, nullable=True),
+        Column("context", Json, nullable=True),
+        Column("ip", String(64), nullable=True),
+    ]
+
+
 events = Table(
     "analytics_events",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("project_id", Integer, nullable=False),
-    Column("message_id", String(100), nullable=False),
-    Column("type", String(10), nullable=False),  # track | screen | page | identify | group | alias
-    # The track event name, or $screen / $pageview / $identify / $group / $alias.
-    Column("event", String(200), nullable=False),
-    Column("screen", String(200), nullable=True),  # screen / page name
-    Column("user_key", String(200), nullable=False),
-    Column("user_id", String(200), nullable=True),
-    Column("anonymous_id", String(200), nullable=True),
-    Column("ts_ms", BigInteger, nullable=False),  # skew-corrected event time
-    Column("received_ms", BigInteger, nullable=False),
-    Column("session_id", String(100), nullable=True),  # client-supplied session id, if any
-    Column("properties", Json, nullable=True),
-    Column("context", Json, nullable=True),
-    Column("ip", String(64), nullable=True),
+    *_event_columns(),
     UniqueConstraint("project_id", "message_id", name="uq_analytics_events_message"),
     # Covering index for trends, funnels and retention: the range of one event,
     # with the user, without touching the table.
@@ -54,6 +64,20 @@ events = Table(
     Index("ix_analytics_events_time", "project_id", "ts_ms"),
     # Ids must only grow (rollups and purges walk them): SQLite would otherwise reuse
     # the ids of deleted newest rows.
+    sqlite_autoincrement=True,
+)
+
+# The landing table: every accepted message is committed here first, before the answer to
+# the client, and moved into ``analytics_events`` by the loader (``landing.py``) in large
+# chunks. It has no secondary index, so the write a request waits for appends to one b-tree;
+# the four indexes of the events table are updated once per chunk rather than once per
+# request, which is what bounded ingest (see docs/decisions/0004-analytics-landing-table.md).
+incoming = Table(
+    "analytics_incoming",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    *_event_columns(),
+    # Ids are never reused, so a drain can load "everything up to the id it saw".
     sqlite_autoincrement=True,
 )
 

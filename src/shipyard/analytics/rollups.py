@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, case, delete, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shipyard.analytics import session_rollup
+from shipyard.analytics import landing, session_rollup
 from shipyard.analytics.identity import dialect_insert
 from shipyard.analytics.models import aliases, daily_counts, daily_users, events, rollup_state, users
 from shipyard.analytics.segment import DAY_MS
@@ -39,6 +39,9 @@ async def watermark(conn: AsyncConnection) -> int:
 
 async def run_rollup(ctx: Context, *, max_chunks: int = 50) -> int:
     """Fold new events into the rollups; returns how many events were folded in."""
+    # Load what any process left in the landing table first (the job is also how rows
+    # staged by a process that stopped before loading them reach the events table).
+    await landing.loader(ctx).drain(everything=True)
     folded = 0
     for _ in range(max_chunks):
         count = await _rollup_chunk(ctx)

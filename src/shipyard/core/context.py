@@ -47,6 +47,9 @@ class Context:
         # Flush group commits before the engine goes away, then release clients.
         for committer in self.extras.get("group_committers", {}).values():
             await committer.close()
+        # Then what features registered (e.g. a loader moving what the committers wrote).
+        for hook in self.extras.get("close_hooks", []):
+            await hook()
         outbound = self.extras.get("outbound")
         if outbound is not None:
             await outbound.close()
