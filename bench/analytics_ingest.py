@@ -129,6 +129,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL server process on this machine (its backends do the
+    database's share of the work, outside the Shipyard process)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() not in ("postgres", "postmaster"):
+                continue
+        except OSError:
+            continue
+        total += process_cpu_seconds(int(proc.name))
+    return total
+
+
 def rows_of(body: str, project_id: int) -> list[tuple[Any, ...]]:
     """The tuples the server stores for a batch (fresh messageIds so none dedupe)."""
     from shipyard.analytics.ingest import _json
@@ -229,14 +245,15 @@ def main() -> None:
         run_wrk(server.url, warm, 1, 4)
         loaded_before, staged_before = asyncio.run(stored_rows(database_url, work / "data"))
         pid = server.proc.pid if server.proc else 0
-        cpu_before = process_cpu_seconds(pid)
+        cpu_before, pg_before = process_cpu_seconds(pid), postgres_cpu_seconds()
         http = run_wrk(server.url, script, args.seconds, args.connections)
-        cpu_used = process_cpu_seconds(pid) - cpu_before
+        cpu_used, pg_used = process_cpu_seconds(pid) - cpu_before, postgres_cpu_seconds() - pg_before
         acknowledged = (http["requests"] - http["non_2xx"]) * args.batch_size
         http["events"] = acknowledged
         http["events_per_s"] = acknowledged / http["seconds"]
         # Server CPU per event holds on a loaded machine where wall-clock throughput does not.
         http["server_cpu_ms_per_1000_events"] = cpu_used * 1e6 / max(acknowledged, 1)
+        http["postgres_cpu_ms_per_1000_events"] = pg_used * 1e6 / max(acknowledged, 1) if args.postgres else None
         http["wrk_cpu_ms_per_1000_events"] = http["wrk_cpu_seconds"] * 1e6 / max(acknowledged, 1)
         server.stop()  # a clean stop loads what is staged
         loaded, staged = asyncio.run(stored_rows(database_url, work / "data"))
@@ -277,6 +294,7 @@ def main() -> None:
     print(
         f"server CPU: {http['server_cpu_ms_per_1000_events']:.0f} ms per 1,000 events (user + system, all threads);"
         f" wrk: {http['wrk_cpu_ms_per_1000_events']:.0f} ms"
+        + (f"; PostgreSQL: {http['postgres_cpu_ms_per_1000_events']:.0f} ms" if args.postgres else "")
     )
     # wrk counts only the requests answered before it stopped; those in flight then were
     # stored too, so every acknowledged message must be there and a few more may be.
