@@ -86,7 +86,8 @@ async def stage(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
 
 
 def _mapped_columns(source: str, alias_key: str) -> str:
-    """The selected columns, with ``user_key`` replaced by the user it was merged into."""
+    """The selected columns, with ``user_key`` replaced by the user it was merged into
+    (an anonymous id linked, or a ``previousId`` aliased, after the row was staged)."""
     mapped = f"COALESCE({alias_key}, {source}.user_key)"
     return ", ".join(mapped if c == "user_key" else f"{source}.{c}" for c in COLUMNS)
 
@@ -108,13 +109,15 @@ def _sqlite_load_sql() -> str:
 @cache
 def _pg_load_sql() -> str:
     # One statement: take the oldest staged rows, insert them (ids in staged order), and
-    # report per project how many were taken and how many were new.
+    # report per project how many were taken and how many were new. The alias lookup is a
+    # LATERAL probe: as a plain join the planner hashes the whole alias table per chunk.
     return (
         f"WITH moved AS (DELETE FROM {incoming.name} WHERE id IN "
         f"(SELECT id FROM {incoming.name} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *), "
         f"inserted AS (INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
         f"SELECT {_mapped_columns('m', 'a.user_key')} FROM moved m "
-        f"LEFT JOIN {aliases.name} a ON a.project_id = m.project_id AND a.alias = m.user_key ORDER BY m.id "
+        f"LEFT JOIN LATERAL (SELECT user_key FROM {aliases.name} WHERE project_id = m.project_id "
+        "AND alias = m.user_key LIMIT 1) a ON true ORDER BY m.id "
         "ON CONFLICT (project_id, message_id) DO NOTHING RETURNING project_id) "
         "SELECT project_id, count(*), 0 FROM moved GROUP BY project_id "
         "UNION ALL SELECT project_id, 0, count(*) FROM inserted GROUP BY project_id"
