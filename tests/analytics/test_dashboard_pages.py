@@ -296,6 +296,20 @@ async def test_query_forms_filter_by_properties_and_round_trip_through_saved_ins
     assert _trend_total(reopened) == 1 and _field(reopened, "f0_value") == "gold"
     assert json.loads(_field(reopened, "query"))["filters"] == stored["filters"]
 
+    # A trend saved through the API with only the required fields and a filter opens in the form.
+    api_body = {
+        "name": "API pro likes",
+        "kind": "trends",
+        "query": {"series": [{"event": "post_liked"}], "filters": [{"property": "plan", "value": "pro"}]},
+    }
+    api_saved = await client.post(
+        f"/api/v1/projects/{project['slug']}/analytics/saved-insights", json=api_body, headers=admin_headers(project)
+    )
+    api_page = (await dev.get(f"{base}/insights/{api_saved.json()['id']}")).text
+    assert "the last 30 days" in api_page
+    api_edit = html.unescape(re.search(r'id="edit-query" href="([^"]+)"', api_page).group(1))  # type: ignore[union-attr]
+    assert _trend_total((await dev.get(api_edit)).text) == 1
+
     # Fixed dates instead: the dates shown when saving, kept as they are.
     fixed = await dev.post(f"{base}/insights", data={**form, "name": "Gold likes (fixed)", "date_window": "fixed"})
     fixed_page = (await dev.get(fixed.headers["location"])).text

@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shipyard.analytics import insights
 from shipyard.analytics.sqlparts import DATE_WINDOWS, DateRange, PropertyFilter
-from shipyard.core.errors import BadRequest
+from shipyard.core.errors import ApiError, BadRequest
 
 OPERATORS: dict[str, str] = {
     "eq": "equals",
@@ -280,8 +281,15 @@ def page_params(kind: str, query: dict[str, Any]) -> dict[str, str] | None:
 
     None when the page's form cannot express the query: another kind, or what only the
     API sets (per-series or per-step filters, screens, labels, a breakdown's group limit)."""
+    if kind not in PAGES:
+        return None
+    try:
+        # With every default filled in: a query saved through the API may leave fields out.
+        query = insights.parse_query(kind, query).model_dump(mode="json")
+    except ApiError:
+        return None
     breakdown = breakdown_to_params(query.get("breakdown"))
-    if kind not in PAGES or breakdown is None:
+    if breakdown is None:
         return None
     common = {**range_to_params(query), **breakdown}
     if kind == "trends":
