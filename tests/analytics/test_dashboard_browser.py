@@ -324,6 +324,7 @@ def test_filter_a_trend_save_it_as_last_7_days_and_pin_it(live_server: Any) -> N
         page.click("button.pin")
         page.wait_for_load_state()
         assert "pinned" in page.locator("#insight-name").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "analytics-insight-filtered.png"), full_page=True)
 
         page.click("#analytics-nav >> text=Overview")
         page.wait_for_url(f"**/projects/{slug}/analytics")

@@ -327,6 +327,7 @@ async def saved_insight_page(
         editor_params=forms.page_params(view["kind"], view["query"]),
         range_label=forms.range_label(view["query"]),
         filter_summary=forms.describe_filters(view["query"]),
+        shown_range=forms.shown_dates(view["query"]),
         date_windows=DATE_WINDOWS,
         current_window=view["query"].get("date_window") or ("" if _has_dates(view["query"]) else "last_30_days"),
     )
