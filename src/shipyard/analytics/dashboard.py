@@ -1,8 +1,9 @@
 """Dashboard pages for analytics: the overview (active users, sessions, top events, feature
 areas, notification opens, crash-free rate, pinned insights as charts), the trends, funnel
-and retention pages with "Save as insight", the saved-insights list, and the tracking-plan
-editor. Charts are SVG rendered on the server (no network access in the page); every
-result downloads as CSV. Viewers read; developers save insights and edit the plan; admins
+and retention pages (property filters, breakdown, a rolling or fixed date range — see
+``forms``) with "Save as insight", the saved-insights list, and the tracking-plan editor.
+Charts are SVG rendered on the server (no network access in the page); every result
+downloads as CSV. Viewers read; developers save insights and edit the plan; admins
 switch the plan's enforcement (as in the admin API)."""
 
 from __future__ import annotations
