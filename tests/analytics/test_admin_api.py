@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
-from shipyard.analytics import rollups
-from shipyard.analytics.models import daily_counts
+from shipyard.analytics import rollups, sqlparts
+from shipyard.analytics.models import daily_counts, insights
+from shipyard.app import create_app
+from shipyard.core import auth, projects
+from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from shipyard.core.models import audit_log
 from tests.analytics.helpers import basic, iso, stored, track
@@ -239,3 +245,185 @@ async def test_viewer_reads_but_cannot_write(client: httpx.AsyncClient, project:
     assert (
         await client.post(f"{api}/insights/top-events", json={}, headers=basic(project["write_key"]))
     ).status_code == 401
+
+
+# --- saved insights with filters and rolling windows, on SQLite and PostgreSQL -------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_ctx(request: pytest.FixtureRequest) -> Context:
+    ctx: Context = request.getfixturevalue("ctx" if request.param == "sqlite" else "pg_ctx")
+    ctx.settings.analytics_rollup_lag_seconds = 0
+    return ctx
+
+
+@pytest.fixture
+async def any_client(any_ctx: Context) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(ctx=any_ctx)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture
+async def any_project(any_ctx: Context) -> dict[str, Any]:
+    async with any_ctx.db.transaction() as conn:
+        created = await projects.create_project(
+            conn, "Window App " + uuid.uuid4().hex[:6], public_base=any_ctx.settings.public_base
+        )
+        user_id = await auth.create_user(conn, f"o-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery")
+        await auth.set_role(conn, user_id, created["id"], Role.owner)
+    return created
+
+
+class _Clock:
+    """Moves the day rolling windows resolve against (sqlparts reads ``datetime.now``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.shift = timedelta(0)
+        clock = self
+
+        class ShiftedDatetime(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> ShiftedDatetime:
+                real = datetime.now(tz)
+                return cls.fromtimestamp(real.timestamp() + clock.shift.total_seconds(), tz)
+
+        monkeypatch.setattr(sqlparts, "datetime", ShiftedDatetime)
+
+
+async def test_saved_insight_with_filters_and_a_rolling_window_shows_the_current_window(
+    any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, project = any_client, any_project
+    api, headers = _api(project), admin_headers(project)
+    now = datetime.now(UTC)
+    await _send(
+        client,
+        project,
+        *(
+            track("plant_created", "a", timestamp=iso(now - timedelta(days=d)), properties={"plan": "pro"})
+            for d in (0, 1, 5, 20)
+        ),
+        track("plant_created", "b", timestamp=iso(now), properties={"plan": "free"}),
+        track("plant_created", "c", timestamp=iso(now - timedelta(days=2)), properties={"seats": 12}),
+    )
+    query = {
+        "date_window": "last_7_days",
+        "series": [{"event": "plant_created"}],
+        "filters": [{"property": "plan", "op": "eq", "value": "pro"}],
+    }
+    r = await client.post(
+        f"{api}/saved-insights",
+        json={"name": "Pro plants", "kind": "trends", "query": query, "pinned": True},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    saved = r.json()
+    # Stored as relative: no dates are frozen in.
+    assert saved["query"]["date_window"] == "last_7_days"
+    assert not saved["query"].get("date_from") and not saved["query"].get("date_to")
+
+    clock = _Clock(monkeypatch)
+    today = sqlparts.datetime.now(UTC).date()
+    r = await client.get(f"{api}/saved-insights/{saved['id']}/result", headers=headers)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["buckets"][0] == (today - timedelta(days=6)).isoformat()
+    assert result["buckets"][-1] == today.isoformat() and len(result["buckets"]) == 7
+    assert result["series"][0]["total"] == 3  # days 0, 1 and 5 of plan=pro; not day 20, not b's free plan
+
+    # Three days later the same insight covers the three days after, and its days 5 drops out.
+    clock.shift = timedelta(days=3)
+    result = (await client.get(f"{api}/saved-insights/{saved['id']}/result", headers=headers)).json()
+    assert result["buckets"][0] == (today - timedelta(days=3)).isoformat()
+    assert result["buckets"][-1] == (today + timedelta(days=3)).isoformat()
+    assert result["series"][0]["total"] == 2
+    csv_text = (
+        await client.get(f"{api}/saved-insights/{saved['id']}/result", params={"format": "csv"}, headers=headers)
+    ).text
+    assert sum(int(line.rsplit(",", 1)[1]) for line in csv_text.splitlines()[1:]) == 2
+    clock.shift = timedelta(0)
+
+    # Other windows, on the ad-hoc endpoint too; other filter operators.
+    numeric = {"series": [{"event": "plant_created"}], "filters": [{"property": "seats", "op": "gt", "value": 10}]}
+    for window, first in (
+        ("last_14_days", today - timedelta(days=13)),
+        ("last_90_days", today - timedelta(days=89)),
+        ("month_to_date", today.replace(day=1)),
+    ):
+        r = await client.post(f"{api}/insights/trends", json={**numeric, "date_window": window}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["buckets"][0] == first.isoformat(), window
+        assert r.json()["series"][0]["total"] == 1
+    r = await client.post(
+        f"{api}/insights/trends",
+        json={**numeric, "date_window": "last_12_months", "interval": "month"},
+        headers=headers,
+    )
+    assert r.status_code == 200 and r.json()["series"][0]["total"] == 1
+    missing = {"series": [{"event": "plant_created"}], "filters": [{"property": "plan", "op": "is_not_set"}]}
+    assert (await client.post(f"{api}/insights/trends", json=missing, headers=headers)).json()["series"][0][
+        "total"
+    ] == 1
+
+    # Switching a saved insight to fixed dates, and back to a window.
+    fixed = {
+        **query,
+        "date_window": None,
+        "date_from": (today - timedelta(days=30)).isoformat(),
+        "date_to": today.isoformat(),
+    }
+    r = await client.patch(f"{api}/saved-insights/{saved['id']}", json={"query": fixed}, headers=headers)
+    assert r.status_code == 200, r.text
+    result = (await client.get(f"{api}/saved-insights/{saved['id']}/result", headers=headers)).json()
+    assert result["series"][0]["total"] == 4 and len(result["buckets"]) == 31
+
+    # Contradictory or unknown ranges are refused with a clear 4xx.
+    both = {**query, "date_from": today.isoformat()}
+    r = await client.patch(f"{api}/saved-insights/{saved['id']}", json={"query": both}, headers=headers)
+    assert r.status_code == 400 and "either date_window or date_from" in r.json()["error"]["message"]
+    r = await client.post(f"{api}/insights/trends", json={**query, "date_window": "last_3_fortnights"}, headers=headers)
+    assert r.status_code == 422
+    body = {"name": "x", "kind": "trends", "query": {**query, "date_window": "yesterday"}}
+    r = await client.post(f"{api}/saved-insights", json=body, headers=headers)
+    assert r.status_code == 422 and "date_window" in r.json()["error"]["message"]
+    bad_op = {**query, "filters": [{"property": "plan", "op": "sounds_like", "value": "pro"}]}
+    r = await client.post(
+        f"{api}/saved-insights", json={"name": "x", "kind": "trends", "query": bad_op}, headers=headers
+    )
+    assert r.status_code == 422
+
+
+async def test_insights_saved_before_rolling_windows_still_run(
+    any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any]
+) -> None:
+    api, headers = _api(any_project), admin_headers(any_project)
+    await _send(any_client, any_project, track("plant_created", "a", timestamp=iso(datetime.now(UTC))))
+    today = datetime.now(UTC).date()
+    old_queries = {
+        "fixed": {"date_from": (today - timedelta(days=2)).isoformat(), "date_to": today.isoformat()},
+        "no dates": {},
+    }
+    async with any_ctx.db.transaction() as conn:
+        for name, dates in old_queries.items():
+            await conn.execute(
+                insights.insert().values(
+                    project_id=any_project["id"],
+                    name=name,
+                    kind="trends",
+                    query={"interval": "day", "series": [{"event": "plant_created"}], **dates},
+                    pinned=False,
+                    created_at=datetime.now(UTC),
+                    updated_at=datetime.now(UTC),
+                )
+            )
+    listing = (await any_client.get(f"{api}/saved-insights", headers=headers)).json()["data"]
+    lengths = {}
+    for saved in listing:
+        r = await any_client.get(f"{api}/saved-insights/{saved['id']}/result", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["series"][0]["total"] == 1
+        lengths[saved["name"]] = len(r.json()["buckets"])
+    assert lengths == {"fixed": 3, "no dates": 30}

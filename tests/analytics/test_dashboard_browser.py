@@ -238,3 +238,109 @@ def test_saved_insights_and_tracking_plan_editor(live_server: Any) -> None:
         assert page.locator("tr[data-event=photo_uploaded]").count() == 0
         browser.close()
     assert offsite == [], offsite
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_filter_a_trend_save_it_as_last_7_days_and_pin_it(live_server: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    creds = live_server.creds
+    slug = creds["project_slug"]
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+    old = yesterday - timedelta(days=20)  # inside the default 30 days, outside "last 7 days"
+
+    def opened(user: str, plan: str, at: datetime) -> dict[str, Any]:
+        stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        props = {"plan": plan}
+        return {
+            "type": "track",
+            "event": "app_opened",
+            "userId": user,
+            "messageId": str(uuid.uuid4()),
+            "timestamp": stamp,
+            "properties": props,
+        }
+
+    batch = [opened("p1", "pro", yesterday), opened("p1", "pro", old)]
+    batch += [opened(f"f{i}", "free", yesterday + timedelta(minutes=i)) for i in range(3)]
+    auth = "Basic " + base64.b64encode(f"{creds['write_key']}:".encode()).decode()
+    sent = httpx.post(live_server.url + "/v1/batch", json={"batch": batch}, headers={"Authorization": auth}, timeout=10)
+    assert sent.status_code == 200, sent.text
+    base = f"{live_server.url}/projects/{slug}/analytics"
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        offsite: list[str] = []
+        page.on("request", lambda r: offsite.append(r.url) if not r.url.startswith(live_server.url) else None)
+        _login(page, live_server)
+
+        page.goto(f"{base}/trends")
+        page.fill("input[name=events]", "app_opened")
+        page.click("#trends-form button[type=submit]")
+        page.wait_for_load_state()
+        total = page.locator("#trends-table tbody td").last
+        assert total.inner_text() == "5"
+        chart_before = page.locator("section.series svg").inner_html()
+        assert "max 4" in chart_before  # yesterday's four opens top the line
+
+        # One filter row is offered; "Add filter" adds a second, left blank (it is ignored).
+        page.fill("input[name=f0_prop]", "plan")
+        page.select_option("select[name=f0_scope]", "event")
+        page.select_option("select[name=f0_op]", "eq")
+        page.fill("input[name=f0_value]", "pro")
+        page.click("#f-filters button.add-filter")
+        assert page.locator("#f-filters .filter-row").count() == 2
+        assert page.locator("input[name=f1_prop]").input_value() == ""
+        page.click("#trends-form button[type=submit]")
+        page.wait_for_url("**/trends?*f0_value=pro*")
+        assert "date_from" not in page.url  # a rolling window: the link stays current when shared
+        assert page.locator("#trends-table tbody td").last.inner_text() == "2"
+        chart_after = page.locator("section.series svg").inner_html()
+        assert chart_after != chart_before and "max 1" in chart_after
+        assert page.locator("input[name=f0_value]").input_value() == "pro"  # the form kept the filter
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "analytics-trends-filtered.png"), full_page=True)
+
+        # A bad filter is an error on the page, not a crash.
+        page.select_option("select[name=f0_op]", "gt")
+        page.fill("input[name=f0_value]", "")
+        page.click("#trends-form button[type=submit]")
+        page.wait_for_load_state()
+        assert "greater than needs a value" in page.locator("#query-error").inner_text()
+        page.select_option("select[name=f0_op]", "eq")
+        page.fill("input[name=f0_value]", "pro")
+        page.click("#trends-form button[type=submit]")
+        page.wait_for_load_state()
+
+        # Saved as "last 7 days": the 20-day-old open drops out; then pinned from its page.
+        page.fill("#save-insight input[name=name]", "Pro opens this week")
+        page.select_option("#save-insight select[name=date_window]", "last_7_days")
+        page.click("#save-insight button[type=submit]")
+        page.wait_for_url("**/analytics/insights/*")
+        assert "the last 7 days" in page.locator("#insight-range").inner_text()
+        assert "plan (event property) equals pro" in page.locator("#insight-filters").inner_text()
+        assert page.locator("#trends-table tbody td").last.inner_text() == "1"
+        page.click("button.pin")
+        page.wait_for_load_state()
+        assert "pinned" in page.locator("#insight-name").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "analytics-insight-filtered.png"), full_page=True)
+
+        page.click("#analytics-nav >> text=Overview")
+        page.wait_for_url(f"**/projects/{slug}/analytics")
+        card = page.locator("#pinned .pinned-insight", has_text="Pro opens this week")
+        assert card.count() == 1
+        assert card.locator("svg polyline").count() == 1
+        assert "the last 7 days" in card.locator(".range").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "analytics-pinned-filtered.png"), full_page=True)
+
+        # "Edit the query" brings the filter and the window back into the form.
+        card.locator("h3 a").click()
+        page.wait_for_url("**/analytics/insights/*")
+        page.click("#edit-query")
+        page.wait_for_url("**/analytics/trends?*")
+        assert page.locator("input[name=f0_prop]").input_value() == "plan"
+        assert page.locator("select.date-window").input_value() == "last_7_days"
+        assert page.locator("#trends-table tbody td").last.inner_text() == "1"
+        browser.close()
+    assert offsite == [], offsite

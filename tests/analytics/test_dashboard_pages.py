@@ -6,10 +6,13 @@ push and errors features; and who may change what."""
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -179,9 +182,188 @@ async def test_viewers_see_saved_insights_but_cannot_change_them(
     assert "Weekly" in (await viewer.get(base)).text  # pinned: on the overview for everyone
     token = _csrf(opened.text)
     assert (await viewer.post(f"{base}/insights", data={**form, "csrf_token": token})).status_code == 403
-    for action in ("pin", "rename", "delete"):
+    for action in ("pin", "rename", "range", "delete"):
         r = await viewer.post(f"{insight_url}/{action}", data={"csrf_token": token, "name": "x", "pinned": "false"})
         assert r.status_code == 403, action
+
+
+def _trend_total(page: str) -> int:
+    """The Total column of the trends table's only row."""
+    table = page[page.index('id="trends-table"') :]
+    return int(re.findall(r"<td>(\d+)</td></tr>", table)[0])
+
+
+async def _send_plan_events(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    """a: plan pro on iOS, trait tier gold; b: plan free on Android; c: no plan."""
+    batch = [
+        {"type": "identify", "userId": "a", "messageId": str(uuid.uuid4()), "traits": {"tier": "gold"}},
+        track("post_liked", "a", properties={"plan": "pro", "seats": 12}, context={"os": {"name": "iOS"}}),
+        track("post_created", "a", properties={"plan": "pro"}),
+        track("post_liked", "b", properties={"plan": "free", "seats": 2}, context={"os": {"name": "Android"}}),
+        track("post_created", "b", properties={"plan": "free"}),
+        track("post_liked", "c"),
+    ]
+    sent = await client.post("/v1/batch", json={"batch": batch}, headers=basic(project["write_key"]))
+    assert sent.status_code == 200, sent.text
+
+
+async def test_query_forms_filter_by_properties_and_round_trip_through_saved_insights(
+    client: httpx.AsyncClient, ctx: Context, project: dict[str, Any], browser_for: Any
+) -> None:
+    await _send_plan_events(client, project)
+    base = f"/projects/{project['slug']}/analytics"
+    dev = await browser_for(Role.developer)
+    trends = {"events": "post_liked", "interval": "day", "date_window": "last_7_days"}
+    page = (await dev.get(f"{base}/trends", params=trends)).text
+    assert _trend_total(page) == 3
+    assert 'name="f0_prop"' in page  # a blank filter row is offered
+
+    cases = [
+        ({"f0_prop": "plan", "f0_op": "eq", "f0_value": "pro"}, 1),
+        ({"f0_prop": "plan", "f0_op": "neq", "f0_value": "pro"}, 2),
+        ({"f0_prop": "plan", "f0_op": "is_not_set"}, 1),
+        ({"f0_prop": "plan", "f0_op": "in", "f0_value": "pro, free"}, 2),
+        ({"f0_prop": "plan", "f0_op": "contains", "f0_value": "RE"}, 1),
+        ({"f0_prop": "seats", "f0_op": "gt", "f0_value": "10"}, 1),
+        ({"f0_prop": "os.name", "f0_scope": "context", "f0_op": "eq", "f0_value": "Android"}, 1),
+        ({"f0_prop": "tier", "f0_scope": "user", "f0_op": "eq", "f0_value": "gold"}, 1),
+        # Two rows narrow together; a blank row adds nothing.
+        (
+            {
+                **{"f0_prop": "plan", "f0_op": "is_set", "f1_prop": "seats", "f1_op": "lt", "f1_value": "5"},
+                **{"f2_prop": "", "f2_value": ""},
+            },
+            1,
+        ),
+    ]
+    for filters, expected in cases:
+        r = await dev.get(f"{base}/trends", params={**trends, **filters})
+        assert r.status_code == 200, (filters, r.text)
+        assert _trend_total(r.text) == expected, filters
+    # The rows come back filled in, and the CSV link carries them.
+    filtered = {**trends, "f0_prop": "tier", "f0_scope": "user", "f0_op": "eq", "f0_value": "gold"}
+    page = (await dev.get(f"{base}/trends", params=filtered)).text
+    assert _field(page, "f0_prop") == "tier" and _field(page, "f0_value") == "gold"
+    assert '<option value="user" selected>' in page
+    csv_url = html.unescape(re.search(r'id="csv" href="([^"]+)"', page).group(1))  # type: ignore[union-attr]
+    assert "f0_prop=tier" in csv_url
+    csv = (await dev.get(csv_url)).text
+    assert sum(int(line.rsplit(",", 1)[1]) for line in csv.splitlines()[1:]) == 1
+
+    # Bad filter input: a clear error on the page, the row kept for correcting, never a 500.
+    for bad, message in (
+        ({"f0_prop": "plan", "f0_op": "sounds_like", "f0_value": "pro"}, "unknown operator"),
+        ({"f0_prop": "plan", "f0_op": "eq", "f0_value": ""}, "equals needs a value"),
+        ({"f0_prop": "", "f0_op": "eq", "f0_value": "pro"}, "choose the property"),
+        ({"f0_prop": 'pl"an', "f0_value": "pro"}, "quotes"),
+        ({"f0_prop": "plan", "f0_scope": "galaxy", "f0_value": "pro"}, "unknown scope"),
+        ({"date_window": "last_fortnight"}, "unknown date range"),
+    ):
+        r = await dev.get(f"{base}/trends", params={**trends, **bad})
+        assert r.status_code == 400, bad
+        assert message in html.unescape(r.text[r.text.index('id="query-error"') :]), bad
+
+    # Save the filtered trend as "last 7 days": stored relative, with its filter.
+    page = (await dev.get(f"{base}/trends", params=filtered)).text
+    form = {"csrf_token": _csrf(page), "kind": "trends", "query": _field(page, "query"), "name": "Gold likes"}
+    assert '<option value="last_7_days" selected>' in page[page.index('id="save-insight"') :]
+    saved = await dev.post(f"{base}/insights", data={**form, "date_window": "last_7_days", "pinned": "1"})
+    assert saved.status_code == 303, saved.text
+    insight_url = saved.headers["location"]
+    stored = (
+        await client.get(
+            f"/api/v1/projects/{project['slug']}/analytics/saved-insights/{insight_url.rsplit('/', 1)[1]}",
+            headers=admin_headers(project),
+        )
+    ).json()["query"]
+    assert stored["date_window"] == "last_7_days" and not stored["date_from"]
+    assert stored["filters"] == [{"property": "tier", "scope": "user", "op": "eq", "value": "gold"}]
+    opened = (await dev.get(insight_url)).text
+    today = datetime.now(UTC).date()
+    assert f"the last 7 days ({(today - timedelta(days=6)).isoformat()} to {today.isoformat()}, rolling)" in opened
+    assert "tier (user trait) equals gold" in html.unescape(opened)
+    assert _trend_total(opened) == 1
+    overview = (await dev.get(base)).text
+    assert "Gold likes" in overview[overview.index('id="pinned"') :]
+    listing = (await dev.get(f"{base}/insights")).text
+    assert "the last 7 days" in listing
+
+    # "Edit the query" opens the trends form with the filter and the window, same result.
+    edit = html.unescape(re.search(r'id="edit-query" href="([^"]+)"', opened).group(1))  # type: ignore[union-attr]
+    edit_params = dict(parse_qsl(urlsplit(edit).query))
+    assert edit_params["date_window"] == "last_7_days" and edit_params["f0_scope"] == "user"
+    reopened = (await dev.get(edit)).text
+    assert _trend_total(reopened) == 1 and _field(reopened, "f0_value") == "gold"
+    assert json.loads(_field(reopened, "query"))["filters"] == stored["filters"]
+
+    # A trend saved through the API with only the required fields and a filter opens in the form.
+    api_body = {
+        "name": "API pro likes",
+        "kind": "trends",
+        "query": {"series": [{"event": "post_liked"}], "filters": [{"property": "plan", "value": "pro"}]},
+    }
+    api_saved = await client.post(
+        f"/api/v1/projects/{project['slug']}/analytics/saved-insights", json=api_body, headers=admin_headers(project)
+    )
+    api_page = (await dev.get(f"{base}/insights/{api_saved.json()['id']}")).text
+    assert "the last 30 days" in api_page
+    api_edit = html.unescape(re.search(r'id="edit-query" href="([^"]+)"', api_page).group(1))  # type: ignore[union-attr]
+    assert _trend_total((await dev.get(api_edit)).text) == 1
+
+    # Fixed dates instead: the dates shown when saving, kept as they are.
+    fixed = await dev.post(f"{base}/insights", data={**form, "name": "Gold likes (fixed)", "date_window": "fixed"})
+    fixed_page = (await dev.get(fixed.headers["location"])).text
+    assert f"{(today - timedelta(days=6)).isoformat()} to {today.isoformat()}</span>" in fixed_page
+    # And a saved insight's range changes on its page.
+    token = _csrf(opened)
+    r = await dev.post(f"{insight_url}/range", data={"csrf_token": token, "date_window": "month_to_date"})
+    assert r.status_code == 303
+    assert "the month to date" in (await dev.get(insight_url)).text
+    custom = {"csrf_token": token, "date_window": "custom", "date_from": "2026-01-01", "date_to": "2026-01-31"}
+    r = await dev.post(f"{insight_url}/range", data=custom)
+    assert r.status_code == 303
+    assert "2026-01-01 to 2026-01-31</span>" in (await dev.get(insight_url)).text
+    reversed_dates = {**custom, "date_from": "2026-02-01"}
+    assert (await dev.post(f"{insight_url}/range", data=reversed_dates)).status_code == 400
+    assert (await dev.post(f"{insight_url}/range", data={**custom, "date_window": "soon"})).status_code == 400
+
+
+async def test_funnel_and_retention_forms_take_filters_too(
+    client: httpx.AsyncClient, ctx: Context, project: dict[str, Any], browser_for: Any
+) -> None:
+    await _send_plan_events(client, project)
+    base = f"/projects/{project['slug']}/analytics"
+    dev = await browser_for(Role.developer)
+    funnel = {"steps": "post_liked, post_created", "date_window": "last_30_days"}
+    counts = re.compile(r'<td class="count">(\d+)</td>')
+    assert counts.findall((await dev.get(f"{base}/funnel", params=funnel)).text) == ["3", "2"]
+    pro = {"f0_prop": "plan", "f0_op": "eq", "f0_value": "pro"}
+    page = (
+        await dev.get(f"{base}/funnel", params={**funnel, **pro, "breakdown": "tier", "breakdown_scope": "user"})
+    ).text
+    assert counts.findall(page) == ["1", "1"]
+    assert 'id="funnel-breakdown"' in page and "gold" in page
+
+    retention = {"start_event": "post_liked", "return_event": "post_created", "interval": "day", "periods": "1"}
+    size_cells = re.compile(r'<td class="size">(\d+)</td>')
+
+    def sizes(page: str) -> int:
+        return sum(int(n) for n in size_cells.findall(page))
+
+    assert sizes((await dev.get(f"{base}/retention", params=retention)).text) == 3
+    start_pro = {"sf0_prop": "plan", "sf0_op": "eq", "sf0_value": "pro"}
+    page = (await dev.get(f"{base}/retention", params={**retention, **start_pro})).text
+    assert sizes(page) == 1
+    # Saved with its filters, it opens in its form again.
+    form = {"csrf_token": _csrf(page), "kind": "retention", "query": _field(page, "query"), "name": "Pro retention"}
+    insight_url = (await dev.post(f"{base}/insights", data=form)).headers["location"]
+    opened = (await dev.get(insight_url)).text
+    assert "start event: plan (event property) equals pro" in html.unescape(opened)
+    edit = html.unescape(re.search(r'id="edit-query" href="([^"]+)"', opened).group(1))  # type: ignore[union-attr]
+    assert sizes((await dev.get(edit)).text) == 1
+    assert (
+        await dev.get(f"{base}/retention", params={**retention, "rf0_prop": "x", "rf0_op": "gt"})
+    ).status_code == 400
 
 
 async def test_tracking_plan_editor(

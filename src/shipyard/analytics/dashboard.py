@@ -1,8 +1,9 @@
 """Dashboard pages for analytics: the overview (active users, sessions, top events, feature
 areas, notification opens, crash-free rate, pinned insights as charts), the trends, funnel
-and retention pages with "Save as insight", the saved-insights list, and the tracking-plan
-editor. Charts are SVG rendered on the server (no network access in the page); every
-result downloads as CSV. Viewers read; developers save insights and edit the plan; admins
+and retention pages (property filters, breakdown, a rolling or fixed date range — see
+``forms``) with "Save as insight", the saved-insights list, and the tracking-plan editor.
+Charts are SVG rendered on the server (no network access in the page); every result
+downloads as CSV. Viewers read; developers save insights and edit the plan; admins
 switch the plan's enforcement (as in the admin API)."""
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from shipyard.analytics import insights, plan, queries, service
+from shipyard.analytics import forms, insights, plan, queries, service
 from shipyard.analytics import overview as overview_module
-from shipyard.analytics.sqlparts import DateRange
+from shipyard.analytics.sqlparts import DATE_WINDOWS, DateRange
 from shipyard.core import audit
 from shipyard.core.auth import Role
 from shipyard.core.errors import ApiError, BadRequest, NotFound
@@ -29,7 +30,6 @@ Viewer = Annotated[PageAccess, Depends(page_access(Role.viewer))]
 Developer = Annotated[PageAccess, Depends(page_access(Role.developer))]
 Admin = Annotated[PageAccess, Depends(page_access(Role.admin))]
 
-PAGE_KINDS = ("trends", "funnel", "retention")
 PINNED_ON_OVERVIEW = 12
 # Pinned insights run full queries over raw events (a 10-week funnel over a million events
 # takes about a second); the overview reuses a result for this long, for every viewer of the
@@ -108,79 +108,6 @@ async def analytics_page(request: Request, access: Viewer) -> HTMLResponse:
 # --- trends, funnel, retention ---------------------------------------------------------------------------
 
 
-def _default_range(params: dict[str, str]) -> dict[str, str]:
-    today = datetime.now(UTC).date()
-    return {
-        "date_from": params.get("date_from") or (today - timedelta(days=29)).isoformat(),
-        "date_to": params.get("date_to") or today.isoformat(),
-    }
-
-
-def _trends_query(p: dict[str, str]) -> dict[str, Any]:
-    events = [e.strip() for e in (p.get("events") or "$any_event").split(",") if e.strip()]
-    query: dict[str, Any] = {
-        **_default_range(p),
-        "interval": p.get("interval") or "day",
-        "series": [{"event": e, "math": p.get("math") or "total"} for e in events],
-    }
-    if p.get("breakdown"):
-        query["breakdown"] = {"property": p["breakdown"]}
-    return query
-
-
-def _funnel_query(p: dict[str, str]) -> dict[str, Any]:
-    steps = [e.strip() for e in (p.get("steps") or "").split(",") if e.strip()]
-    return {
-        **_default_range(p),
-        "steps": [{"event": e} for e in steps],
-        "window_value": p.get("window_value") or 14,
-        "window_unit": p.get("window_unit") or "day",
-    }
-
-
-def _retention_query(p: dict[str, str]) -> dict[str, Any]:
-    return {
-        **_default_range(p),
-        "start_event": p.get("start_event") or "$any_event",
-        "return_event": p.get("return_event") or "$any_event",
-        "interval": p.get("interval") or "week",
-        "periods": p.get("periods") or 8,
-        "criterion": p.get("criterion") or "on",
-    }
-
-
-PAGES = {"trends": _trends_query, "funnel": _funnel_query, "retention": _retention_query}
-
-
-def page_params(kind: str, query: dict[str, Any]) -> dict[str, str] | None:
-    """The page form's fields for a stored query, so a saved insight opens in its editor.
-
-    None when the page's form cannot express the query (another kind, or per-series
-    filters that only the API sets)."""
-    dates = {k: str(query[k]) for k in ("date_from", "date_to") if query.get(k)}
-    if kind == "trends":
-        series = query.get("series") or []
-        maths = {s.get("math", "total") for s in series}
-        if not series or len(maths) > 1 or any(s.get("filters") for s in series) or query.get("filters"):
-            return None
-        out = {"events": ", ".join(s["event"] for s in series), "math": maths.pop(), "interval": query["interval"]}
-        if query.get("breakdown"):
-            out["breakdown"] = query["breakdown"]["property"]
-        return {**out, **dates}
-    if kind == "funnel":
-        if any(s.get("filters") for s in query.get("steps", [])) or query.get("filters") or query.get("breakdown"):
-            return None
-        steps = ", ".join(s["event"] for s in query["steps"])
-        window = {"window_value": str(query["window_value"]), "window_unit": query["window_unit"]}
-        return {"steps": steps, **window, **dates}
-    if kind == "retention":
-        if query.get("filters") or query.get("breakdown"):
-            return None
-        keys = ("start_event", "return_event", "interval", "periods", "criterion")
-        return {**{k: str(query[k]) for k in keys if query.get(k) is not None}, **dates}
-    return None
-
-
 def _charts(kind: str, result: dict[str, Any]) -> list[Any]:
     """What the page's SVG charts draw, from an insight result."""
     if kind == "trends":
@@ -210,38 +137,57 @@ def _csv_response(access: PageAccess, kind: str, result: dict[str, Any], name: s
     )
 
 
+def _form_context(kind: str, params: dict[str, str]) -> dict[str, Any]:
+    """What every query form's template needs besides the result."""
+    return {
+        "filter_groups": [
+            (prefix, heading, forms.filter_rows(params, prefix))
+            for prefix, _field, heading in forms.FILTER_GROUPS[kind]
+        ],
+        "filter_scopes": forms.SCOPES,
+        "filter_operators": forms.OPERATORS,
+        "date_windows": DATE_WINDOWS,
+    }
+
+
 async def _insight_page(request: Request, access: PageAccess, kind: str) -> Response:
     params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
-    raw = PAGES[kind](params)
+    raw: dict[str, Any] = {}
     result: dict[str, Any] | None = None
     error: str | None = None
     query: BaseModel | None = None
     submitted = kind != "funnel" or bool(params.get("steps"))
-    if submitted:
-        try:
+    try:
+        raw = forms.PAGES[kind](params)
+        if submitted:
             query = insights.parse_query(kind, raw)
             async with access.ctx.db.connect() as conn:
                 cfg = await service.get_config(conn, access.project.id)
                 result = await insights.run_insight(conn, access.project.id, kind, query, cfg, access.ctx.settings)
-        except ValidationError as exc:
-            error = _errors(exc)
-        except ApiError as exc:
-            error = exc.message
+    except ValidationError as exc:
+        error = _errors(exc)
+    except ApiError as exc:
+        error = exc.message
     if result is not None and params.get("format") == "csv":
         return _csv_response(access, kind, result)
     csv_url = str(request.url.include_query_params(format="csv")) if result is not None else None
+    shown = {**params, **{k: v for k, v in raw.items() if isinstance(v, str | int)}}
+    if raw:  # the query was understood: show the window chosen and the dates it covers today
+        shown.update(date_window=forms.range_to_params(raw)["date_window"], **forms.shown_dates(raw))
     return await render(
         request,
         access,
         f"analytics/{kind}.html",
         status_code=400 if error else 200,
-        params={**params, **{k: v for k, v in raw.items() if isinstance(v, str | int)}},
+        params=shown,
         kind=kind,
         result=result,
         error=error,
         csv_url=csv_url,
         charts=_charts(kind, result) if result is not None else [],
         save_query=json.dumps(query.model_dump(mode="json")) if result is not None and query else None,
+        save_window=raw.get("date_window") or "fixed",
+        **_form_context(kind, params),
     )
 
 
@@ -265,7 +211,13 @@ async def retention_page(request: Request, access: Viewer) -> Response:
 
 async def _run_saved(conn: Any, access: PageAccess, saved: dict[str, Any]) -> dict[str, Any]:
     """A saved insight with its result and charts, or the reason it cannot run now."""
-    view: dict[str, Any] = {**saved, "result": None, "charts": [], "error": None}
+    view: dict[str, Any] = {
+        **saved,
+        "result": None,
+        "charts": [],
+        "error": None,
+        "range": forms.range_label(saved["query"]),
+    }
     try:
         query = insights.parse_query(saved["kind"], saved["query"])
         cfg = await service.get_config(conn, access.project.id)
@@ -283,7 +235,7 @@ async def _pinned_view(conn: Any, access: PageAccess, saved: dict[str, Any]) -> 
     """A pinned insight's result for the overview, from the short-lived cache when fresh.
 
     The key holds the insight's last change (a new query or name is a new entry) and the
-    day (an insight without dates covers the 30 days up to today)."""
+    day (a rolling window resolves to new dates each day)."""
     cache: TTLCache[tuple[Any, ...], dict[str, Any]] = access.ctx.extras.setdefault(
         "analytics_pinned_results", TTLCache(maxsize=512, ttl=PINNED_RESULT_SECONDS)
     )
@@ -312,11 +264,22 @@ def _query_from_form(form: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("the query is not valid JSON; run the insight again and save it") from None
     if not isinstance(query, dict):
         raise BadRequest("the query must be a JSON object")
-    if form.get("rolling"):
-        # Without dates the insight always covers the 30 days up to the day it is viewed.
-        query.pop("date_from", None)
-        query.pop("date_to", None)
-    return query
+    # The older form's "Keep it current" box meant the 30 days up to the day it is viewed.
+    window = str(form.get("date_window") or ("last_30_days" if form.get("rolling") else ""))
+    return _with_window(query, window) if window else query
+
+
+def _with_window(query: dict[str, Any], window: str) -> dict[str, Any]:
+    """The query with its dates replaced: a rolling window, or ``fixed`` (the dates it covers today)."""
+    if window == "fixed":
+        try:
+            start, end = DateRange.model_validate(query).dates()
+        except ValidationError as exc:
+            raise BadRequest(_errors(exc)) from None
+        return {**query, "date_window": None, "date_from": start.isoformat(), "date_to": end.isoformat()}
+    if window not in DATE_WINDOWS:
+        raise BadRequest(f"unknown date range {window[:40]!r}; one of {', '.join([*DATE_WINDOWS, 'fixed'])}")
+    return {**query, "date_window": window, "date_from": None, "date_to": None}
 
 
 @router.post("/projects/{project}/analytics/insights")
@@ -338,7 +301,8 @@ async def saved_insights_page(request: Request, access: Viewer) -> HTMLResponse:
     async with access.ctx.db.connect() as conn:
         saved = await insights.list_insights(conn, access.project.id, after_id=None, limit=500)
     for item in saved:
-        item["params"] = page_params(item["kind"], item["query"])
+        item["params"] = forms.page_params(item["kind"], item["query"])
+        item["range"] = forms.range_label(item["query"])
     return await render(request, access, "analytics/insights.html", saved=saved)
 
 
@@ -361,7 +325,12 @@ async def saved_insight_page(
         kind=view["kind"],
         result=view["result"],
         charts=view["charts"],
-        editor_params=page_params(view["kind"], view["query"]) if view["kind"] in PAGE_KINDS else None,
+        editor_params=forms.page_params(view["kind"], view["query"]),
+        range_label=forms.range_label(view["query"]),
+        filter_summary=forms.describe_filters(view["query"]),
+        shown_range=forms.shown_dates(view["query"]),
+        date_windows=DATE_WINDOWS,
+        current_window=view["query"].get("date_window") or ("" if _has_dates(view["query"]) else "last_30_days"),
     )
 
 
@@ -383,6 +352,29 @@ async def rename_insight(request: Request, insight_id: int, access: Developer) -
         await insights.update_insight(conn, access.project.id, insight_id, {"name": name})
         await _audit(access, conn, "analytics.insight.update", "insight", insight_id, fields=["name"], name=name)
     return _back(access, form, f"{_base(access)}/insights")
+
+
+def _has_dates(query: dict[str, Any]) -> bool:
+    return bool(query.get("date_from") or query.get("date_to"))
+
+
+@router.post("/projects/{project}/analytics/insights/{insight_id}/range")
+async def change_insight_range(request: Request, insight_id: int, access: Developer) -> Response:
+    """A saved insight's dates: a rolling window, or custom fixed dates."""
+    form = await verify_csrf(request, access)
+    window = _form_text(form, "date_window", max_length=50)
+    async with access.ctx.db.transaction() as conn:
+        saved = await insights.get_insight(conn, access.project.id, insight_id)
+        if window == forms.CUSTOM:
+            dates = {k: _form_text(form, k, max_length=10) for k in ("date_from", "date_to")}
+            query = {**saved["query"], "date_window": None, **dates}
+        else:
+            query = _with_window(saved["query"], window)
+        await insights.update_insight(conn, access.project.id, insight_id, {"query": query})
+        await _audit(
+            access, conn, "analytics.insight.update", "insight", insight_id, fields=["query"], date_window=window
+        )
+    return _back(access, form, f"{_base(access)}/insights/{insight_id}")
 
 
 @router.post("/projects/{project}/analytics/insights/{insight_id}/delete")

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shipyard.analytics import behaviour, funnels, queries, retention
 from shipyard.analytics.config import AnalyticsConfig
 from shipyard.analytics.models import insights
+from shipyard.analytics.sqlparts import DateRange
 from shipyard.core.db import utcnow
 from shipyard.core.errors import ApiError, BadRequest, NotFound
 from shipyard.settings import Settings
@@ -162,6 +163,14 @@ def parse_query(name: str, raw: Any) -> BaseModel:
         raise ApiError(422, "invalid_query", f"invalid {name} query: {problems}") from None
 
 
+def check_saved_query(name: str, raw: Any) -> None:
+    """Refuse a query to be saved that could never run: invalid fields, or dates that
+    contradict each other (a rolling ``date_window`` and fixed dates, a reversed range)."""
+    query = parse_query(name, raw)
+    if isinstance(query, DateRange):
+        query.days()
+
+
 async def run_insight(
     conn: AsyncConnection, project_id: int, name: str, query: BaseModel, cfg: AnalyticsConfig, settings: Settings
 ) -> dict[str, Any]:
@@ -196,7 +205,7 @@ def insight_dict(row: Any) -> dict[str, Any]:
 async def create_insight(
     conn: AsyncConnection, project_id: int, name: str, kind: str, query: dict[str, Any], pinned: bool, by: str | None
 ) -> dict[str, Any]:
-    parse_query(kind, query)
+    check_saved_query(kind, query)
     now = utcnow()
     new_id = (
         await conn.execute(
@@ -238,7 +247,7 @@ async def update_insight(
 ) -> dict[str, Any]:
     current = await get_insight(conn, project_id, insight_id)
     if "query" in changes:
-        parse_query(current["kind"], changes["query"])
+        check_saved_query(current["kind"], changes["query"])
     if not changes:
         raise BadRequest("nothing to change; send name, query or pinned")
     await conn.execute(update(insights).where(insights.c.id == insight_id).values(**changes, updated_at=utcnow()))

@@ -96,18 +96,69 @@ class Breakdown(BaseModel):
         return _check_name(value)
 
 
+# Rolling windows a query can name instead of fixed dates, resolved against the current UTC
+# day each time the query runs (so a saved insight always shows the latest window).
+DateWindow = Literal[
+    "last_7_days", "last_14_days", "last_30_days", "last_90_days", "last_12_months", "month_to_date", "year_to_date"
+]
+DATE_WINDOWS: dict[str, str] = {
+    "last_7_days": "last 7 days",
+    "last_14_days": "last 14 days",
+    "last_30_days": "last 30 days",
+    "last_90_days": "last 90 days",
+    "last_12_months": "last 12 months",
+    "month_to_date": "month to date",
+    "year_to_date": "year to date",
+}
+_WINDOW_DAYS = {"last_7_days": 7, "last_14_days": 14, "last_30_days": 30, "last_90_days": 90}
+
+
+def window_dates(window: str, today: date) -> tuple[date, date]:
+    """(first day, last day) of a rolling window ending ``today`` (inclusive)."""
+    if window in _WINDOW_DAYS:
+        return today - timedelta(days=_WINDOW_DAYS[window] - 1), today
+    if window == "month_to_date":
+        return today.replace(day=1), today
+    if window == "year_to_date":
+        return today.replace(month=1, day=1), today
+    if window == "last_12_months":
+        # The day after the same date a year earlier: a whole year of days.
+        try:
+            year_ago = today.replace(year=today.year - 1)
+        except ValueError:  # 29 February
+            year_ago = today.replace(year=today.year - 1, day=28)
+        return year_ago + timedelta(days=1), today
+    raise BadRequest(f"unknown date_window {window!r}; one of {', '.join(DATE_WINDOWS)}")
+
+
 class DateRange(BaseModel):
+    date_window: DateWindow | None = Field(
+        None,
+        description="A rolling window resolved each time the query runs, instead of date_from/date_to: "
+        + ", ".join(DATE_WINDOWS)
+        + ".",
+    )
     date_from: date | None = Field(None, description="First day (UTC), default 29 days before date_to.")
     date_to: date | None = Field(None, description="Last day (UTC, inclusive), default today.")
 
-    def days(self) -> tuple[int, int]:
-        """(first day, last day) as day numbers."""
-        end = self.date_to or datetime.now(UTC).date()
+    def dates(self, today: date | None = None) -> tuple[date, date]:
+        """(first day, last day) this range covers when run on ``today`` (default: now, UTC)."""
+        today = today or datetime.now(UTC).date()
+        if self.date_window is not None:
+            if self.date_from is not None or self.date_to is not None:
+                raise BadRequest("give either date_window or date_from/date_to, not both")
+            return window_dates(self.date_window, today)
+        end = self.date_to or today
         start = self.date_from or end - timedelta(days=29)
         if start > end:
             raise BadRequest("date_from is after date_to")
         if (end - start).days > 3 * 366:
             raise BadRequest("the date range can span at most three years")
+        return start, end
+
+    def days(self, today: date | None = None) -> tuple[int, int]:
+        """(first day, last day) as day numbers."""
+        start, end = self.dates(today)
         return day_number(start), day_number(end)
 
 
