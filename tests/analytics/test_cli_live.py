@@ -53,6 +53,12 @@ def test_queries_print_tables_and_csv(live_server: Any) -> None:
     assert _rows(trends) == [[day, "3", "2"], ["total", "3", "2"]]
     csv = shipyard(live_server, "trends", "-p", slug, "-e", "app_opened", "--math", "unique_users", "--csv", *span)
     assert csv.stdout.splitlines() == ["series,breakdown_value,bucket,value", f"app_opened,,{day},3"]
+    rolling = shipyard(live_server, "trends", "-p", slug, "-e", "app_opened", "--range", "last_7_days", "--csv")
+    today = datetime.now(UTC).date()
+    week = ["--from", (today - timedelta(days=6)).isoformat(), "--to", today.isoformat()]
+    fixed = shipyard(live_server, "trends", "-p", slug, "-e", "app_opened", "--csv", *week)
+    assert len(rolling.stdout.splitlines()) == 8 and rolling.stdout == fixed.stdout
+    assert f"app_opened,,{day},3" in rolling.stdout.splitlines()
 
     steps = ["-s", "app_opened", "-s", "plant_created", "-s", "care_task_completed"]
     funnel = shipyard(live_server, "funnel", "-p", slug, *steps, "--window", "1", *span).stdout

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import click
 import httpx
 
+from shipyard.analytics.sqlparts import DATE_WINDOWS
 from shipyard.updates.cli import Api
 
 PREFIX = "/api/v1/projects/{project}/analytics"
@@ -40,6 +41,12 @@ def _conn(project: str, url: str | None, key: str | None) -> Api:
 
 
 def _range_options(fn: Any) -> Any:
+    fn = click.option(
+        "--range",
+        "date_window",
+        type=click.Choice(list(DATE_WINDOWS)),
+        help="A rolling window instead of --from/--to (e.g. last_7_days, month_to_date).",
+    )(fn)
     fn = click.option("--to", "date_to", help="Last day, YYYY-MM-DD (UTC, inclusive); default today.")(fn)
     fn = click.option("--from", "date_from", help="First day, YYYY-MM-DD (UTC); default 29 days before --to.")(fn)
     return fn
@@ -51,8 +58,9 @@ def _output_options(fn: Any) -> Any:
     return fn
 
 
-def _dates(date_from: str | None, date_to: str | None) -> dict[str, str]:
-    return {k: v for k, v in (("date_from", date_from), ("date_to", date_to)) if v}
+def _dates(date_from: str | None, date_to: str | None, date_window: str | None) -> dict[str, str]:
+    given = (("date_from", date_from), ("date_to", date_to), ("date_window", date_window))
+    return {k: v for k, v in given if v}
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -147,12 +155,13 @@ def trends_cmd(
     breakdown: str | None,
     date_from: str | None,
     date_to: str | None,
+    date_window: str | None,
     as_csv: bool,
     as_json: bool,
 ) -> None:
     """Event counts (or unique users) per interval, one column per series."""
     body: dict[str, Any] = {
-        **_dates(date_from, date_to),
+        **_dates(date_from, date_to, date_window),
         "interval": interval,
         "series": [{"event": e, "math": math} for e in (events or ("$any_event",))],
     }
@@ -191,12 +200,13 @@ def funnel_cmd(
     window_unit: str,
     date_from: str | None,
     date_to: str | None,
+    date_window: str | None,
     as_csv: bool,
     as_json: bool,
 ) -> None:
     """Users who did the steps in order within the window: per-step conversion and drop-off."""
     body = {
-        **_dates(date_from, date_to),
+        **_dates(date_from, date_to, date_window),
         "steps": [{"event": s} for s in steps],
         "window_value": window_value,
         "window_unit": window_unit,
@@ -252,12 +262,13 @@ def retention_cmd(
     criterion: str,
     date_from: str | None,
     date_to: str | None,
+    date_window: str | None,
     as_csv: bool,
     as_json: bool,
 ) -> None:
     """Cohorts by first occurrence of the start event, and the share returning in each period."""
     body = {
-        **_dates(date_from, date_to),
+        **_dates(date_from, date_to, date_window),
         "start_event": start_event,
         "return_event": return_event,
         "interval": interval,
