@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from shipyard.core import audit
 from shipyard.core.context import Context
-from shipyard.core.deps import actor_for, client_project, get_ctx
+from shipyard.core.deps import actor_for, client_project, ctx_dependency, get_ctx
 from shipyard.core.errors import BadRequest
 from shipyard.core.projects import Project
 from shipyard.push import devices as devices_svc
@@ -39,7 +39,7 @@ async def app_project(
 
 
 AppProject = Annotated[Project, Depends(app_project)]
-CtxDep = Annotated[Context, Depends(get_ctx)]
+CtxDep = Annotated[Context, Depends(ctx_dependency)]
 
 
 @router.post("/devices")
