@@ -17,7 +17,7 @@ from shipyard.core.pagination import Paging
 from shipyard.push import analytics as push_analytics
 from shipyard.push import credentials as creds_svc
 from shipyard.push import devices as devices_svc
-from shipyard.push import history, links, prefs, sending, texts
+from shipyard.push import history, links, prefs, sending, texts, userauth
 from shipyard.push import rules as rules_svc
 from shipyard.push.models import config, devices, messages, sends
 from shipyard.push.schemas import (
@@ -301,6 +301,7 @@ async def put_auth_config(body: AuthConfigBody, access: Admin) -> dict[str, Any]
                 "jwks_url": body.jwks_url,
             },
         )
+    userauth.forget_config(access.ctx, access.project.id)  # after the commit: no stale re-read
     return await get_auth_config(access)
 
 

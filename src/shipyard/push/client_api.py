@@ -59,7 +59,10 @@ async def register_device(
         if user_id and (body.timezone or body.locale):
             changes = {k: v for k, v in (("timezone", body.timezone), ("locale", body.locale)) if v}
             await prefs.put_user(conn, project.id, user_id, changes)
-        topics = await devices_svc.topics_of(conn, device["id"])
+        if devices_svc.created_now(device):  # a new device has only the topics it just asked for
+            topics = sorted(set(body.topics or []))
+        else:
+            topics = await devices_svc.topics_of(conn, device["id"])
     return {**devices_svc.public_view(device), "topics": topics}
 
 

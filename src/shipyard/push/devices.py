@@ -91,11 +91,17 @@ async def register(conn: AsyncConnection, project_id: int, body: dict[str, Any],
         "last_seen_at": now,
     }
     changes = {k: v for k, v in values.items() if k not in ("project_id", "token", "created_at")}
-    await conn.execute(upsert(conn, devices, values, conflict_columns=["project_id", "token"], update=changes))
-    device = await get_by_token(conn, project_id, token)
+    # RETURNING hands back the row as stored (new or updated) in the same statement.
+    statement = upsert(conn, devices, values, conflict_columns=["project_id", "token"], update=changes)
+    device = dict((await conn.execute(statement.returning(*devices.c))).one()._mapping)
     for topic in body.get("topics") or []:
         await subscribe(conn, project_id, device["id"], topic)
     return device
+
+
+def created_now(device: dict[str, Any]) -> bool:
+    """Whether :func:`register` inserted this device (an update keeps the first ``created_at``)."""
+    return bool(device["created_at"] == device["updated_at"])
 
 
 async def get_by_token(conn: AsyncConnection, project_id: int, token: str) -> dict[str, Any]:
