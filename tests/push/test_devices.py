@@ -109,6 +109,21 @@ async def test_binding_requires_a_valid_user_token_when_configured(
     assert r.status_code == 200 and r.json()["user_id"] == "alice"
 
 
+async def test_turning_user_tokens_on_applies_to_the_next_registration(
+    client: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    r = await register(client, project, expo_token("early"), user_id="bob")
+    assert r.status_code == 200 and r.json()["user_id"] == "bob"
+    r = await admin(client, project, "PUT", "/auth", json={"jwt_secret": JWT_SECRET, "audience": "authenticated"})
+    assert r.status_code == 200
+    r = await register(client, project, expo_token("early"), user_id="bob")
+    assert r.status_code == 401
+    r = await admin(client, project, "PUT", "/auth", json={})
+    assert r.status_code == 200 and r.json()["mode"] == "none"
+    r = await register(client, project, expo_token("early"), user_id="bob")
+    assert r.status_code == 200
+
+
 async def test_binding_with_a_jwks_url(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
@@ -151,6 +166,17 @@ async def test_topics(client: httpx.AsyncClient, project: dict[str, Any]) -> Non
     assert r.status_code == 404
     topics = (await admin(client, project, "GET", "/topics")).json()["data"]
     assert topics == [{"topic": "grow-tips", "devices": 1}]
+
+
+async def test_registration_answers_with_the_devices_topics(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    r = await register(client, project, expo_token("tp"), topics=["news", "alerts", "news"])
+    assert r.status_code == 200 and r.json()["topics"] == ["alerts", "news"]
+    r = await register(client, project, expo_token("fresh"))
+    assert r.status_code == 200 and r.json()["topics"] == []
+    # Registering again (app start) keeps the subscriptions and reports them.
+    r = await register(client, project, expo_token("tp"), app_version="2.0.0")
+    assert r.status_code == 200 and r.json()["topics"] == ["alerts", "news"]
+    assert r.json()["app_version"] == "2.0.0"
 
 
 async def test_stale_devices_are_pruned(ctx: Any, client: httpx.AsyncClient, project: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -63,28 +64,17 @@ class AuditRecord(BaseModel):
     hash: str
 
 
+@dataclass(frozen=True)
 class AuditFilters:
-    """Query parameters shared by the listing and the export."""
+    """Query parameters shared by the listing and the export (see :func:`audit_filters`)."""
 
-    def __init__(
-        self,
-        action: Annotated[
-            str | None, Query(max_length=100, description="Exact action, or a prefix ending in `.` (`key.`).")
-        ] = None,
-        actor: Annotated[str | None, Query(max_length=200, description="Actor id or label (email, key:…).")] = None,
-        resource_type: Annotated[str | None, Query(max_length=64)] = None,
-        resource_id: Annotated[str | None, Query(max_length=200)] = None,
-        outcome: Annotated[Literal["success", "failure"] | None, Query()] = None,
-        since: Annotated[datetime | None, Query(description="ISO 8601; records at or after this time.")] = None,
-        until: Annotated[datetime | None, Query(description="ISO 8601; records before this time.")] = None,
-    ) -> None:
-        self.action = action
-        self.actor = actor
-        self.resource_type = resource_type
-        self.resource_id = resource_id
-        self.outcome = outcome
-        self.since = since
-        self.until = until
+    action: str | None = None
+    actor: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
     def apply(self, query: Any) -> Any:
         c = audit_log.c
@@ -116,7 +106,23 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-Filters = Annotated[AuditFilters, Depends()]
+async def audit_filters(
+    action: Annotated[
+        str | None, Query(max_length=100, description="Exact action, or a prefix ending in `.` (`key.`).")
+    ] = None,
+    actor: Annotated[str | None, Query(max_length=200, description="Actor id or label (email, key:…).")] = None,
+    resource_type: Annotated[str | None, Query(max_length=64)] = None,
+    resource_id: Annotated[str | None, Query(max_length=200)] = None,
+    outcome: Annotated[Literal["success", "failure"] | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601; records at or after this time.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601; records before this time.")] = None,
+) -> AuditFilters:
+    """The same parameters as ``Depends(AuditFilters)``, resolved on the event loop (FastAPI
+    runs a class dependency in its thread pool)."""
+    return AuditFilters(action, actor, resource_type, resource_id, outcome, since, until)
+
+
+Filters = Annotated[AuditFilters, Depends(audit_filters)]
 
 
 @router.get("/projects/{project}/audit", response_model=Page[AuditRecord])

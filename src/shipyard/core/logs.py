@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -73,6 +74,37 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("shipyard").setLevel(numeric)
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
+
+
+class AccessLog:
+    """Writes the gateway's access line (one per request) straight to bytes.
+
+    The same JSON object the structlog chain renders (``event``, ``level`` and a UTC
+    ``timestamp`` ending in ``Z``, after the request's fields), without its processor
+    calls and intermediate dicts; in the console format it goes through structlog.
+    Lines are dropped when INFO is filtered out, as structlog's filtering logger does.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self.enabled = logging.getLogger("shipyard").isEnabledFor(logging.INFO)
+        self._json = fmt != "console"
+        self._out = sys.stderr.buffer
+        self._structlog = structlog.get_logger("shipyard.access")
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if not self._json:
+            self._structlog.info("request", **fields)
+            return
+        fields["event"] = "request"
+        fields["level"] = "info"
+        fields["timestamp"] = datetime.now(UTC)
+        self._out.write(orjson.dumps(fields, option=_LINE_OPTIONS))
+        self._out.flush()
+
+
+_LINE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
 
 def get_logger(name: str) -> Any:

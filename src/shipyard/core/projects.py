@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.core import auth
@@ -78,13 +78,20 @@ async def create_project(
     }
 
 
+# Built once: every admin request looks its project up, and building the expression
+# (column comparisons, coercions) cost more than SQLAlchemy's cached compilation of it.
+_BY_SLUG = select(projects).where(projects.c.slug == bindparam("slug"))
+_BY_SLUG_OR_ID = select(projects).where(or_(projects.c.slug == bindparam("slug"), projects.c.id == bindparam("id")))
+
+
 async def get_project(conn: AsyncConnection, ref: str | int) -> Project:
     """Find a project by numeric id or slug."""
     ref = str(ref)
-    cond = projects.c.slug == ref
     if ref.isdigit():
-        cond = or_(cond, projects.c.id == int(ref))
-    row = (await conn.execute(select(projects).where(cond))).first()
+        result = await conn.execute(_BY_SLUG_OR_ID, {"slug": ref, "id": int(ref)})
+    else:
+        result = await conn.execute(_BY_SLUG, {"slug": ref})
+    row = result.first()
     if row is None:
         raise NotFound("project")
     return Project(row.id, row.slug, row.name, dict(row.settings or {}))

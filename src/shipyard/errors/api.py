@@ -20,7 +20,7 @@ from shipyard.core.context import Context
 from shipyard.core.db import utcnow
 from shipyard.core.deps import Access, client_ip, get_ctx, project_access
 from shipyard.core.errors import ApiError, BadRequest, NotFound, error_body
-from shipyard.core.pagination import PageParams
+from shipyard.core.pagination import Paging
 from shipyard.errors import alerting, health, issues, outcomes, service, trends
 from shipyard.errors.config import ProjectConfigUpdate
 from shipyard.errors.ingest import (
@@ -162,7 +162,8 @@ admin = APIRouter(prefix="/projects/{project}/errors", tags=["errors"])
 Viewer = Annotated[Access, Depends(project_access(Role.viewer))]
 Developer = Annotated[Access, Depends(project_access(Role.developer))]
 AdminRole = Annotated[Access, Depends(project_access(Role.admin))]
-Page = Annotated[PageParams, Depends()]
+# A coroutine dependency: a class in Depends() would run in FastAPI's thread pool.
+Page = Paging
 
 
 def _since(hours: int) -> datetime:

@@ -13,11 +13,11 @@ from shipyard.core import audit
 from shipyard.core.auth import Role
 from shipyard.core.deps import Access, project_access
 from shipyard.core.errors import BadRequest, NotFound
-from shipyard.core.pagination import PageParams
+from shipyard.core.pagination import Paging
 from shipyard.push import analytics as push_analytics
 from shipyard.push import credentials as creds_svc
 from shipyard.push import devices as devices_svc
-from shipyard.push import history, links, prefs, sending, texts
+from shipyard.push import history, links, prefs, sending, texts, userauth
 from shipyard.push import rules as rules_svc
 from shipyard.push.models import config, devices, messages, sends
 from shipyard.push.schemas import (
@@ -68,7 +68,7 @@ def _cursor(value: str) -> str:
 @router.get("/devices")
 async def list_devices(
     access: Viewer,
-    page: Annotated[PageParams, Depends()],
+    page: Paging,
     user_id: Annotated[str | None, Query(max_length=200)] = None,
     active: bool | None = None,
 ) -> dict[str, Any]:
@@ -108,7 +108,7 @@ async def deactivate_device(device_id: int, access: Developer) -> dict[str, Any]
 
 
 @router.get("/topics")
-async def list_topics(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_topics(access: Viewer, page: Paging) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await devices_svc.list_topics(conn, access.project.id)
     after = page.after()
@@ -149,7 +149,7 @@ async def put_preferences(user_id: str, body: PreferencesBody, access: Developer
 
 
 @router.get("/categories")
-async def list_categories(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_categories(access: Viewer, page: Paging) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await prefs.list_categories(conn, access.project.id)
     after = page.after()
@@ -174,7 +174,7 @@ async def delete_category(name: str, access: Admin) -> None:
 
 
 @router.get("/templates")
-async def list_templates(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_templates(access: Viewer, page: Paging) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await texts.list_templates(conn, access.project.id)
     after = page.after()
@@ -301,6 +301,7 @@ async def put_auth_config(body: AuthConfigBody, access: Admin) -> dict[str, Any]
                 "jwks_url": body.jwks_url,
             },
         )
+    userauth.forget_config(access.ctx, access.project.id)  # after the commit: no stale re-read
     return await get_auth_config(access)
 
 
@@ -367,7 +368,7 @@ async def create_send(
 @router.get("/sends")
 async def list_sends(
     access: Viewer,
-    page: Annotated[PageParams, Depends()],
+    page: Paging,
     status: Annotated[str | None, Query(pattern="^(queued|scheduled|recurring|done|cancelled|failed)$")] = None,
 ) -> dict[str, Any]:
     """Sends, newest first; `status=scheduled` / `recurring` lists what is still to come."""
@@ -408,7 +409,7 @@ async def cancel_send(send_id: int, access: Developer) -> dict[str, Any]:
 @router.get("/messages")
 async def list_messages(
     access: Viewer,
-    page: Annotated[PageParams, Depends()],
+    page: Paging,
     user_id: Annotated[str | None, Query(max_length=200)] = None,
     send_id: int | None = None,
     status: Annotated[str | None, Query(max_length=16)] = None,
@@ -446,7 +447,7 @@ async def get_message(message_id: str, access: Viewer) -> dict[str, Any]:
 
 
 @router.get("/rules")
-async def list_rules(access: Viewer, page: Annotated[PageParams, Depends()]) -> dict[str, Any]:
+async def list_rules(access: Viewer, page: Paging) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await rules_svc.list_rules(conn, access.project.id)
     after = page.after()

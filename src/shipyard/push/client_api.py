@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from shipyard.core import audit
 from shipyard.core.context import Context
-from shipyard.core.deps import actor_for, client_project, get_ctx
+from shipyard.core.deps import actor_for, client_project, ctx_dependency, get_ctx
 from shipyard.core.errors import BadRequest
 from shipyard.core.projects import Project
 from shipyard.push import devices as devices_svc
@@ -39,7 +39,7 @@ async def app_project(
 
 
 AppProject = Annotated[Project, Depends(app_project)]
-CtxDep = Annotated[Context, Depends(get_ctx)]
+CtxDep = Annotated[Context, Depends(ctx_dependency)]
 
 
 @router.post("/devices")
@@ -59,7 +59,10 @@ async def register_device(
         if user_id and (body.timezone or body.locale):
             changes = {k: v for k, v in (("timezone", body.timezone), ("locale", body.locale)) if v}
             await prefs.put_user(conn, project.id, user_id, changes)
-        topics = await devices_svc.topics_of(conn, device["id"])
+        if devices_svc.created_now(device):  # a new device has only the topics it just asked for
+            topics = sorted(set(body.topics or []))
+        else:
+            topics = await devices_svc.topics_of(conn, device["id"])
     return {**devices_svc.public_view(device), "topics": topics}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shipyard.core.db import insert_ignore, upsert, utcnow
+from shipyard.core.db import insert_ignore, prepared_upsert, utcnow
 from shipyard.core.errors import BadRequest, NotFound
 from shipyard.push.models import devices, topic_subscriptions
 from shipyard.push.timing import TimingError, check_zone
@@ -52,6 +52,24 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+# What registering again overwrites: everything but the row's identity and first creation.
+_REREGISTERED = (
+    "provider",
+    "platform",
+    "user_id",
+    "app_version",
+    "locale",
+    "timezone",
+    "permission",
+    "environment",
+    "active",
+    "deactivated_reason",
+    "deactivated_at",
+    "updated_at",
+    "last_seen_at",
+)
+
+
 async def register(conn: AsyncConnection, project_id: int, body: dict[str, Any], user_id: str | None) -> dict[str, Any]:
     """Create or update the device holding ``body['token']`` (re-registering re-activates it)."""
     token = str(body["token"]).strip()
@@ -90,12 +108,17 @@ async def register(conn: AsyncConnection, project_id: int, body: dict[str, Any],
         "updated_at": now,
         "last_seen_at": now,
     }
-    changes = {k: v for k, v in values.items() if k not in ("project_id", "token", "created_at")}
-    await conn.execute(upsert(conn, devices, values, conflict_columns=["project_id", "token"], update=changes))
-    device = await get_by_token(conn, project_id, token)
+    # RETURNING hands back the row as stored (new or updated) in the same statement.
+    statement = prepared_upsert(conn.dialect.name, devices, ("project_id", "token"), _REREGISTERED, returning=True)
+    device = dict((await conn.execute(statement, values)).one()._mapping)
     for topic in body.get("topics") or []:
         await subscribe(conn, project_id, device["id"], topic)
     return device
+
+
+def created_now(device: dict[str, Any]) -> bool:
+    """Whether :func:`register` inserted this device (an update keeps the first ``created_at``)."""
+    return bool(device["created_at"] == device["updated_at"])
 
 
 async def get_by_token(conn: AsyncConnection, project_id: int, token: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from shipyard.core.http import CircuitOpen, outbound
 from shipyard.push.models import config
 
 JWKS_TTL_SECONDS = 600
+CONFIG_TTL_SECONDS = 5.0
 _ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
@@ -43,6 +44,27 @@ async def load_config(conn: AsyncConnection, ctx: Context, project_id: int) -> A
         return AuthConfig(None, None, None, None)
     secret = ctx.box.decrypt(row.jwt_secret) if row.jwt_secret else None
     return AuthConfig(secret, row.jwks_url, row.jwt_audience, row.jwt_issuer)
+
+
+async def cached_config(ctx: Context, project_id: int) -> AuthConfig:
+    """:func:`load_config` kept for a few seconds: every device registration and preference
+    change asks, and a read of its own costs a pool checkout and a query. A change made
+    through this process applies at once (:func:`forget_config`); other processes see it
+    within ``CONFIG_TTL_SECONDS``, as they do project settings."""
+    cache: dict[int, tuple[float, AuthConfig]] = ctx.extras.setdefault("push_auth_config", {})
+    now = time.monotonic()
+    hit = cache.get(project_id)
+    if hit is None or hit[0] < now:
+        async with ctx.db.connect() as conn:
+            hit = (now + CONFIG_TTL_SECONDS, await load_config(conn, ctx, project_id))
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[project_id] = hit
+    return hit[1]
+
+
+def forget_config(ctx: Context, project_id: int) -> None:
+    ctx.extras.get("push_auth_config", {}).pop(project_id, None)
 
 
 async def _jwks(ctx: Context, project_id: int, url: str, *, refresh: bool = False) -> jwt.PyJWKSet:
@@ -97,8 +119,7 @@ async def resolve_user(
 ) -> str | None:
     """Who the request acts for: the verified token's subject when the project requires
     tokens (a different claimed id is refused), else the claimed id."""
-    async with ctx.db.connect() as conn:
-        cfg = await load_config(conn, ctx, project_id)
+    cfg = await cached_config(ctx, project_id)
     token = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()

@@ -7,23 +7,24 @@ remap channels, set policies and manage the signing key (production actions).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from shipyard.core.bodies import decode_body
 from shipyard.core.deps import Admin, Developer, Viewer
 from shipyard.core.errors import ApiError, NotFound
-from shipyard.core.pagination import PageParams
+from shipyard.core.pagination import Paging
 from shipyard.core.signals import signal_names
 from shipyard.updates import policy as policy_mod
 from shipyard.updates import service, signing, telemetry
 from shipyard.updates.models import updates as updates_table
 
 router = APIRouter(prefix="/projects/{project}/updates", tags=["updates"])
-Page = Annotated[PageParams, Depends()]
+# A coroutine dependency: a class in Depends() would run in FastAPI's thread pool.
+Page = Paging
 
 
 # --- schemas -------------------------------------------------------------------------------------
