@@ -23,14 +23,13 @@ from shipyard.core import audit
 from shipyard.core.auth import Role
 from shipyard.core.deps import Access, project_access
 from shipyard.core.errors import NotFound
-from shipyard.core.pagination import PageParams
+from shipyard.core.pagination import Paging
 
 router = APIRouter(prefix="/projects/{project}/analytics", tags=["analytics"])
 
 Viewer = Annotated[Access, Depends(project_access(Role.viewer))]
 Developer = Annotated[Access, Depends(project_access(Role.developer))]
 Admin = Annotated[Access, Depends(project_access(Role.admin))]
-Page = Annotated[PageParams, Depends()]
 UserId = Annotated[str, Query(min_length=1, max_length=200)]
 
 
@@ -81,7 +80,7 @@ async def patch_settings(body: SettingsPatch, access: Admin) -> AnalyticsConfig:
 @router.get("/events", summary="Raw events, newest first")
 async def list_events(
     access: Viewer,
-    page: Page,
+    page: Paging,
     event: Annotated[str | None, Query(max_length=200)] = None,
     user: Annotated[str | None, Query(max_length=200, description="A user id or anonymous id")] = None,
 ) -> dict[str, Any]:
@@ -133,7 +132,7 @@ async def ingest_stats(access: Viewer, range_: Annotated[DateRange, Depends()]) 
 
 
 @router.get("/users", summary="People (identified and anonymous), by user key")
-async def list_users(access: Viewer, page: Page, identified: bool | None = None) -> dict[str, Any]:
+async def list_users(access: Viewer, page: Paging, identified: bool | None = None) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await service.list_users(
             conn, access.project.id, after=page.after(), limit=page.limit + 1, identified=identified
@@ -189,7 +188,7 @@ class SuppressionIn(BaseModel):
 
 
 @router.get("/suppressions", summary="Ids whose events are not collected")
-async def list_suppressions(access: Viewer, page: Page) -> dict[str, Any]:
+async def list_suppressions(access: Viewer, page: Paging) -> dict[str, Any]:
     query = select(suppressions).where(suppressions.c.project_id == access.project.id)
     after = page.after()
     if after is not None:
@@ -238,7 +237,7 @@ class EventSchemaIn(BaseModel):
 
 
 @router.get("/tracking-plan", summary="Event schemas of the tracking plan")
-async def list_plan(access: Viewer, page: Page) -> dict[str, Any]:
+async def list_plan(access: Viewer, page: Paging) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await plan.list_schemas(conn, access.project.id, after_id=page.after_int(), limit=page.limit + 1)
     return page.page(rows, lambda r: r["id"])
@@ -352,7 +351,7 @@ class InsightPatch(BaseModel):
 
 
 @router.get("/saved-insights", summary="Saved insights (pinned ones appear on the overview)")
-async def list_saved(access: Viewer, page: Page, pinned: bool | None = None) -> dict[str, Any]:
+async def list_saved(access: Viewer, page: Paging, pinned: bool | None = None) -> dict[str, Any]:
     async with access.ctx.db.connect() as conn:
         rows = await insights.list_insights(
             conn, access.project.id, after_id=page.after_int(), limit=page.limit + 1, pinned=pinned
