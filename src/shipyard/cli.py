@@ -86,7 +86,7 @@ class ConfigProblem(click.ClickException):
 @click.group(
     cls=ShipyardGroup,
     help="Shipyard: OTA updates, push, analytics, errors and more for Expo / React Native apps.\n\n"
-    "Settings come from SHIPYARD_* environment variables (see `shipyard settings`)."
+    "Settings come from SHIPYARD_* environment variables (see `shipyard settings`).",
 )
 @click.version_option(package_name="shipyard")
 def main() -> None:

@@ -266,9 +266,7 @@ class Worker:
             update(jobs)
             .where(jobs.c.id.in_(candidates.scalar_subquery()))
             .values(status="running", locked_by=self.id, locked_until=now + self.lease, attempts=jobs.c.attempts + 1)
-            .returning(
-                jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.max_attempts, jobs.c.project_id, jobs.c.payload
-            )
+            .returning(jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.max_attempts, jobs.c.project_id, jobs.c.payload)
         )
         async with self.ctx.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()

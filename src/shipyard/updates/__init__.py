@@ -46,7 +46,6 @@ def _on_startup(app: Any) -> None:
         app.router.routes.insert(0, fast_manifest_route)
 
 
-
 feature = Feature(
     name="updates",
     admin_routers=_admin_routers,
