@@ -117,7 +117,7 @@ def _pg_load_sql() -> str:
     # LATERAL probe: as a plain join the planner hashes the whole alias table per chunk.
     return (
         f"WITH moved AS (DELETE FROM {incoming.name} WHERE id IN "
-        f"(SELECT id FROM {incoming.name} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *), "
+        f"(SELECT id FROM {incoming.name} ORDER BY id LIMIT $1) RETURNING *), "
         f"inserted AS (INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
         f"SELECT {_mapped_columns('m', 'a.user_key')} FROM moved m "
         f"LEFT JOIN LATERAL (SELECT user_key FROM {aliases.name} WHERE project_id = m.project_id "
