@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,9 +13,6 @@ from sqlalchemy import func, select
 
 from shipyard.analytics import rollups, sqlparts
 from shipyard.analytics.models import daily_counts, insights
-from shipyard.app import create_app
-from shipyard.core import auth, projects
-from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from shipyard.core.models import audit_log
 from tests.analytics.helpers import basic, iso, stored, track
@@ -248,33 +243,6 @@ async def test_viewer_reads_but_cannot_write(client: httpx.AsyncClient, project:
 
 
 # --- saved insights with filters and rolling windows, on SQLite and PostgreSQL -------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_ctx(request: pytest.FixtureRequest) -> Context:
-    ctx: Context = request.getfixturevalue("ctx" if request.param == "sqlite" else "pg_ctx")
-    ctx.settings.analytics_rollup_lag_seconds = 0
-    return ctx
-
-
-@pytest.fixture
-async def any_client(any_ctx: Context) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(ctx=any_ctx)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
-@pytest.fixture
-async def any_project(any_ctx: Context) -> dict[str, Any]:
-    async with any_ctx.db.transaction() as conn:
-        created = await projects.create_project(
-            conn, "Window App " + uuid.uuid4().hex[:6], public_base=any_ctx.settings.public_base
-        )
-        user_id = await auth.create_user(conn, f"o-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery")
-        await auth.set_role(conn, user_id, created["id"], Role.owner)
-    return created
 
 
 class _Clock:

@@ -5,47 +5,14 @@ work from different requests adds up, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from shipyard.analytics.models import aliases, ingest_counters, users
-from shipyard.app import create_app
-from shipyard.core import auth, projects
-from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from tests.analytics.helpers import basic, stored, track
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_ctx(request: pytest.FixtureRequest) -> Context:
-    ctx: Context = request.getfixturevalue("ctx" if request.param == "sqlite" else "pg_ctx")
-    ctx.settings.analytics_rollup_lag_seconds = 0
-    return ctx
-
-
-@pytest.fixture
-async def any_client(any_ctx: Context) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(ctx=any_ctx)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
-@pytest.fixture
-async def any_project(any_ctx: Context) -> dict[str, Any]:
-    async with any_ctx.db.transaction() as conn:
-        created = await projects.create_project(
-            conn, "Group App " + uuid.uuid4().hex[:6], public_base=any_ctx.settings.public_base
-        )
-        user_id = await auth.create_user(conn, f"o-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery")
-        await auth.set_role(conn, user_id, created["id"], Role.owner)
-    return created
 
 
 async def test_concurrent_batches_with_repeated_message_ids_store_and_count_each_duplicate_once(

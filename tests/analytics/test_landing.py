@@ -10,49 +10,18 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from shipyard.analytics import landing, rollups
 from shipyard.analytics.models import events, incoming
 from shipyard.app import create_app
-from shipyard.core import auth, projects
-from shipyard.core.auth import Role
 from shipyard.core.context import Context
 from tests.analytics.helpers import basic, track
 from tests.conftest import LiveServer
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_ctx(request: pytest.FixtureRequest) -> Context:
-    ctx: Context = request.getfixturevalue("ctx" if request.param == "sqlite" else "pg_ctx")
-    ctx.settings.analytics_rollup_lag_seconds = 0
-    return ctx
-
-
-@pytest.fixture
-async def any_client(any_ctx: Context) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(ctx=any_ctx)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
-@pytest.fixture
-async def any_project(any_ctx: Context) -> dict[str, Any]:
-    async with any_ctx.db.transaction() as conn:
-        created = await projects.create_project(
-            conn, "Landing " + uuid.uuid4().hex[:6], public_base=any_ctx.settings.public_base
-        )
-        user_id = await auth.create_user(conn, f"o-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery")
-        await auth.set_role(conn, user_id, created["id"], Role.owner)
-    return created
 
 
 async def _count(ctx: Context, table: Any, project_id: int) -> int:
