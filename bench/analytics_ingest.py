@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL on 127.0.0.1:5432 instead of SQLite")
     parser.add_argument("--quick", action="store_true", help="a short run: a smoke test, not a measurement")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (to inspect it)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.baseline_batches = 2, 100
@@ -265,8 +266,10 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-        if pg_name:
+        if pg_name and not args.keep:
             asyncio.run(drop_pg_database(pg_name))
+        elif pg_name:
+            print(f"kept database {pg_name}", file=sys.stderr)
     results = {
         "database": "postgresql" if args.postgres else "sqlite",
         "batch_size": args.batch_size,

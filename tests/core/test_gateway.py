@@ -175,6 +175,7 @@ async def test_client_key_limits_cover_every_way_a_client_sends_its_key(app_clie
             "basic (segment)": {"Authorization": "Basic " + base64.b64encode(b"wk_bbb:").decode()},
             "bearer (ofrep)": {"Authorization": "Bearer pk_ccc"},
         }
+
         async def codes(url: str, headers: dict[str, str]) -> list[int]:
             return [(await client.post(url, content=b"{}", headers=headers)).status_code for _ in range(3)]
 
