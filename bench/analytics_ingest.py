@@ -147,8 +147,8 @@ def postgres_cpu_seconds() -> float:
 
 def rows_of(body: str, project_id: int) -> list[tuple[Any, ...]]:
     """The tuples the server stores for a batch (fresh messageIds so none dedupe)."""
-    from shipyard.analytics.ingest import _json
     from shipyard.analytics.segment import normalise, stored_context
+    from shipyard.core.db import json_dumps
 
     now = int(time.time() * 1000)
     rows = []
@@ -177,8 +177,8 @@ def rows_of(body: str, project_id: int) -> list[tuple[Any, ...]]:
                 m.ts_ms,
                 m.received_ms,
                 m.session_id,
-                _json(m.properties),
-                _json(stored_context(m.context, anonymised=False)),
+                json_dumps(m.properties),
+                json_dumps(stored_context(m.context, anonymised=False)),
                 "127.0.0.0",
             )
         )

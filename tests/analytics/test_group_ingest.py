@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from shipyard.analytics.models import aliases, ingest_counters, users
+from shipyard.analytics.models import aliases, groups, ingest_counters, users
 from shipyard.core.context import Context
 from tests.analytics.helpers import basic, stored, track
 
@@ -94,3 +94,35 @@ async def test_concurrent_identifies_and_logins_add_up(
     assert sorted(row.user_key for row in rows if row.event == "plant_created") == [
         f"lonely-{i}" for i in range(len(traits))
     ]
+
+
+async def test_identifies_and_group_calls_in_groups_committed_side_by_side_lose_nothing(
+    any_client: httpx.AsyncClient, any_ctx: Context, any_project: dict[str, Any]
+) -> None:
+    """On PostgreSQL several group commits are in flight at once, so traits are merged by
+    the database (a read-then-write of the trait dict would keep only one group's keys)."""
+    headers = basic(any_project["write_key"])
+
+    async def send(i: int) -> httpx.Response:
+        await asyncio.sleep(0.003 * i)  # requests arriving one after another, not in one group
+        batch = [
+            {"type": "identify", "userId": "grower-1", "messageId": f"i-{i}", "traits": {f"trait_{i}": i}},
+            {"type": "group", "userId": "grower-1", "groupId": "club", "messageId": f"g-{i}", "traits": {f"g_{i}": i}},
+        ]
+        return await any_client.post("/v1/batch", json={"batch": batch}, headers=headers)
+
+    responses = await asyncio.gather(*(send(i) for i in range(24)))
+    assert all(r.status_code == 200 for r in responses)
+    async with any_ctx.db.connect() as conn:
+        user = (
+            await conn.execute(
+                select(users).where(users.c.project_id == any_project["id"], users.c.user_key == "grower-1")
+            )
+        ).one()
+        club = (
+            await conn.execute(
+                select(groups.c.traits).where(groups.c.project_id == any_project["id"], groups.c.group_id == "club")
+            )
+        ).scalar_one()
+    assert user.traits == {f"trait_{i}": i for i in range(24)}
+    assert club == {f"g_{i}": i for i in range(24)}

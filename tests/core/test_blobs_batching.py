@@ -111,3 +111,47 @@ async def test_merged_work_is_written_once_per_group_and_each_caller_gets_its_re
     assert any(len(payloads) > 1 for payloads in calls)
     assert [13] in calls
     await committer.close()
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+async def test_postgres_keeps_up_to_parallel_groups_in_flight(pg_ctx: Any, parallel: int) -> None:
+    """While one group's transaction is open, the next is written on another connection —
+    never more than ``parallel`` at once — and every caller still gets its own result."""
+    open_now, most = 0, 0
+    gate = asyncio.Event()
+
+    async def write(conn: Any, payloads: list[int]) -> list[int]:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        await conn.exec_driver_sql("SELECT 1")  # a real statement inside the transaction
+        await asyncio.wait_for(gate.wait(), timeout=5)
+        open_now -= 1
+        return [p + 1 for p in payloads]
+
+    committer = GroupCommitter(pg_ctx.db, max_batch=50, parallel=parallel)
+    pending = []
+    for p in range(10):  # callers arriving one after another, as requests do
+        pending.append(asyncio.create_task(committer.run_merged(write, p)))
+        await asyncio.sleep(0.02)
+    gate.set()
+    assert await asyncio.gather(*pending) == [p + 1 for p in range(10)]
+    assert most == parallel
+    await committer.close()
+
+
+async def test_sqlite_writes_one_group_at_a_time_whatever_is_asked(ctx: Any) -> None:
+    open_now, most = 0, 0
+
+    async def write(_conn: Any, payloads: list[int]) -> list[int]:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        await asyncio.sleep(0.02)
+        open_now -= 1
+        return payloads
+
+    committer = GroupCommitter(ctx.db, max_batch=2, parallel=3)
+    assert await asyncio.gather(*(committer.run_merged(write, p) for p in range(8))) == list(range(8))
+    assert most == 1
+    await committer.close()

@@ -9,6 +9,7 @@ to a user, a later login of someone else on the same device does not move it aga
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from shipyard.analytics.models import (
     groups,
     users,
 )
-from shipyard.core.db import utcnow
+from shipyard.core.db import json_dumps, utcnow
 
 
 def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
@@ -198,6 +199,7 @@ async def _insert_aliases(conn: AsyncConnection, project_id: int, links: dict[st
     now = utcnow()
     table = aliases.name
     conflict = "ON CONFLICT (project_id, alias) DO NOTHING"
+    links = dict(sorted(links.items()))  # one lock order for concurrent group commits
     if conn.dialect.name == "postgresql":
         sql = (
             f"INSERT INTO {table} (project_id, alias, user_key, created_at) "
@@ -403,6 +405,9 @@ async def set_traits_many(conn: AsyncConnection, project_id: int, ops: list[Trai
         entry["identified"] = entry["identified"] or identified
         entry["first_seen_ms"] = min(entry["first_seen_ms"], seen_ms)
         entry["last_seen_ms"] = max(entry["last_seen_ms"], seen_ms)
+    if conn.dialect.name == "postgresql":
+        await _upsert_users_pg(conn, project_id, folded)
+        return
     rows = await conn.execute(
         select(users).where(users.c.project_id == project_id, in_list(conn, users.c.user_key, list(folded)))
     )
@@ -463,30 +468,84 @@ async def set_traits_many(conn: AsyncConnection, project_id: int, ops: list[Trai
         )
 
 
+# The same fold as set_traits_many, done by PostgreSQL row by row under the row lock: two
+# group commits in flight at once (ingest runs up to three on PostgreSQL) then cannot lose
+# each other's traits, as a read-then-write of the merged dict would. Keys go in sorted
+# order so that concurrent transactions lock rows in the same order (no deadlock).
+_PG_UPSERT_USERS = (
+    f"INSERT INTO {users.name} AS u "
+    "(project_id, user_key, identified, traits, device, first_seen_ms, last_seen_ms, updated_at) "
+    "SELECT $1::int, n.key, n.identified, n.traits::jsonb, n.device::jsonb, n.first_seen, n.last_seen, "
+    "$2::timestamptz FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::bigint[], $8::bigint[]) "
+    "AS n(key, identified, traits, device, first_seen, last_seen) ORDER BY n.key "
+    "ON CONFLICT (project_id, user_key) DO UPDATE SET "
+    "traits = u.traits || excluded.traits, "
+    "device = CASE WHEN excluded.device = '{}'::jsonb THEN u.device ELSE excluded.device END, "
+    "identified = u.identified OR excluded.identified, "
+    "first_seen_ms = LEAST(u.first_seen_ms, excluded.first_seen_ms), "
+    "last_seen_ms = GREATEST(u.last_seen_ms, excluded.last_seen_ms), "
+    "updated_at = excluded.updated_at"
+)
+
+
+async def _upsert_users_pg(conn: AsyncConnection, project_id: int, folded: dict[str, dict[str, Any]]) -> None:
+    keys = sorted(folded)
+    entries = [folded[k] for k in keys]
+    await conn.exec_driver_sql(
+        _PG_UPSERT_USERS,
+        (
+            project_id,
+            utcnow(),
+            keys,
+            [e["identified"] for e in entries],
+            [json_dumps(e["traits"]) for e in entries],
+            [json_dumps(e["device"] or {}) for e in entries],
+            [e["first_seen_ms"] for e in entries],
+            [e["last_seen_ms"] for e in entries],
+        ),
+    )
+
+
 async def set_group(
     conn: AsyncConnection, project_id: int, group_id: str, traits: dict[str, Any], user_key: str | None
 ) -> None:
     now = utcnow()
-    current = (
-        await conn.execute(
-            select(groups.c.traits).where(groups.c.project_id == project_id, groups.c.group_id == group_id)
-        )
-    ).first()
-    if current is None:
-        await conn.execute(
-            dialect_insert(conn, groups)
-            .values(project_id=project_id, group_id=group_id, traits=traits, updated_at=now)
-            .on_conflict_do_nothing(index_elements=["project_id", "group_id"])
-        )
+    if conn.dialect.name == "postgresql":
+        await _upsert_group_pg(conn, project_id, group_id, traits, now)
     else:
-        await conn.execute(
-            update(groups)
-            .where(and_(groups.c.project_id == project_id, groups.c.group_id == group_id))
-            .values(traits={**(current.traits or {}), **traits}, updated_at=now)
-        )
+        current = (
+            await conn.execute(
+                select(groups.c.traits).where(groups.c.project_id == project_id, groups.c.group_id == group_id)
+            )
+        ).first()
+        if current is None:
+            await conn.execute(
+                dialect_insert(conn, groups)
+                .values(project_id=project_id, group_id=group_id, traits=traits, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["project_id", "group_id"])
+            )
+        else:
+            await conn.execute(
+                update(groups)
+                .where(and_(groups.c.project_id == project_id, groups.c.group_id == group_id))
+                .values(traits={**(current.traits or {}), **traits}, updated_at=now)
+            )
     if user_key is not None:
         await conn.execute(
             dialect_insert(conn, group_members)
             .values(project_id=project_id, group_id=group_id, user_key=user_key, joined_at=now)
             .on_conflict_do_nothing(index_elements=["project_id", "group_id", "user_key"])
         )
+
+
+async def _upsert_group_pg(
+    conn: AsyncConnection, project_id: int, group_id: str, traits: dict[str, Any], now: datetime
+) -> None:
+    """Merge group traits in SQL (``||``), so concurrent group commits cannot lose any."""
+    stmt = postgresql.insert(groups).values(project_id=project_id, group_id=group_id, traits=traits, updated_at=now)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["project_id", "group_id"],
+            set_={"traits": groups.c.traits.op("||")(stmt.excluded.traits), "updated_at": now},
+        )
+    )

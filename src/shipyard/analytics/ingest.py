@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.analytics import consent, identity, landing, plan
@@ -38,6 +37,7 @@ from shipyard.analytics.segment import (
 )
 from shipyard.core.batching import group_committer
 from shipyard.core.context import Context
+from shipyard.core.db import json_dumps
 from shipyard.core.projects import Project
 
 EVENT_COLUMNS = (
@@ -58,6 +58,10 @@ EVENT_COLUMNS = (
 )
 _PG_ARRAY_TYPES = {"project_id": "int", "ts_ms": "bigint", "received_ms": "bigint"}
 _JSON_COLUMNS = ("properties", "context")
+# Group commits of ingest in flight at once on PostgreSQL (SQLite has one writer): while
+# one waits for its commit to be flushed the next is written. Every write of a group
+# commutes (inserts, and upserts that merge in SQL), so their commit order does not matter.
+PARALLEL_GROUPS = 3
 _LINK_NEGATIVE_TTL = 60.0
 _MAX_LINK_CACHE = 200_000
 
@@ -89,10 +93,6 @@ async def insert_event_rows(conn: AsyncConnection, rows: list[tuple[Any, ...]]) 
     else:
         result = await conn.exec_driver_sql(insert_sql(dialect), rows)
     return int(result.rowcount or 0)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 @dataclass
@@ -241,8 +241,8 @@ class _Batch:
                 m.ts_ms,
                 m.received_ms,
                 m.session_id,
-                _json(properties),
-                _json(stored_context(m.context, anonymised=True)),
+                json_dumps(properties),
+                json_dumps(stored_context(m.context, anonymised=True)),
                 None,
             )
         )
@@ -274,8 +274,8 @@ class _Batch:
                 m.ts_ms,
                 m.received_ms,
                 m.session_id,
-                _json(m.properties),
-                _json(stored_context(m.context, anonymised=False)),
+                json_dumps(m.properties),
+                json_dumps(stored_context(m.context, anonymised=False)),
                 truncate_ip(m.ip, self.cfg.ip_mode),
             )
         )
@@ -292,9 +292,8 @@ class _Batch:
             tally=self.tally,
             counts=self.counts,
         )
-        result: tuple[int, list[tuple[str, str]]] = await group_committer(self.ctx, "analytics").run_merged(
-            write_pending, pending
-        )
+        committer = group_committer(self.ctx, "analytics", parallel=PARALLEL_GROUPS)
+        result: tuple[int, list[tuple[str, str]]] = await committer.run_merged(write_pending, pending)
         return result
 
 
@@ -319,7 +318,9 @@ async def write_pending(conn: AsyncConnection, batches: list[_Pending]) -> list[
     by_project: dict[int, list[_Pending]] = {}
     for batch in batches:
         by_project.setdefault(batch.project_id, []).append(batch)
-    for project_id, items in by_project.items():
+    # Projects, rows and counters in sorted order: on PostgreSQL up to PARALLEL_GROUPS of
+    # these transactions run at once, and one lock order keeps them from deadlocking.
+    for project_id, items in sorted(by_project.items()):
         links_by_project[project_id] = await identity.link_many(
             conn, project_id, [pair for batch in items for pair in batch.ops.links]
         )
@@ -337,7 +338,7 @@ async def write_pending(conn: AsyncConnection, batches: list[_Pending]) -> list[
     counters: dict[tuple[int, int], Counter[str]] = {}
     for batch in batches:
         counters.setdefault((batch.project_id, batch.day), Counter()).update(batch.counts)
-    for (project_id, day), tallies in counters.items():
+    for (project_id, day), tallies in sorted(counters.items()):
         await landing.add_counters(conn, project_id, day, tallies)
     # Every request gets its project's links: each updates the same process cache.
     return [(len(batch.rows), links_by_project.pop(batch.project_id, [])) for batch in batches]

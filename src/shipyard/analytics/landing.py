@@ -276,7 +276,7 @@ class Loader:
 
 async def add_counters(conn: AsyncConnection, project_id: int, day: int, counts: Counter[str]) -> None:
     """Add to the per-day tallies of messages not stored as sent (duplicate, suppressed, …)."""
-    for outcome, count in counts.items():
+    for outcome, count in sorted(counts.items()):  # one lock order for concurrent writers
         if not count:
             continue
         stmt = dialect_insert(conn, ingest_counters).values(

@@ -380,7 +380,10 @@ class ViolationTally:
                 entry[3] = sample
 
     async def write(self, conn: AsyncConnection, project_id: int) -> None:
-        for (day, event, kind, prop), (count, blocked, last_ms, sample) in self.counts.items():
+        # Rows in one order for every writer: group commits in flight together on PostgreSQL
+        # then wait for each other's row locks instead of deadlocking.
+        ordered = sorted(self.counts.items(), key=lambda item: tuple(str(part) for part in item[0]))
+        for (day, event, kind, prop), (count, blocked, last_ms, sample) in ordered:
             stmt = dialect_insert(conn, plan_violations).values(
                 project_id=project_id,
                 day=day,

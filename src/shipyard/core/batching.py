@@ -13,6 +13,11 @@ group rather than once per request.
 
 If a group's transaction fails, its items are retried one by one so that one bad item
 fails only its own request.
+
+On PostgreSQL a committer may keep several groups in flight (``parallel``): while one
+group waits for its commit to reach the disk, the next is already being written on
+another connection. Only work whose writes commute may ask for it — inserts, and upserts
+that merge in SQL — since groups in flight commit in any order.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class _Item:
 
 
 class GroupCommitter:
-    def __init__(self, db: Database, *, max_batch: int = 2000, name: str = "default") -> None:
+    def __init__(self, db: Database, *, max_batch: int = 2000, name: str = "default", parallel: int = 1) -> None:
         self.db = db
         self.max_batch = max_batch
         self.name = name
@@ -56,6 +61,9 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # SQLite has one writer: a second group in flight would only wait for the lock.
+        self._slots = asyncio.Semaphore(1 if db.is_sqlite else max(1, parallel))
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # --- submitting -------------------------------------------------------------------------
 
@@ -93,17 +101,31 @@ class GroupCommitter:
     # --- committing -------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while self._queue or not self._closed:
-            if not self._queue:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=30)
-                except TimeoutError:
-                    if not self._queue:
-                        return  # idle: the next submit restarts the loop
-                continue
-            group, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        try:
+            while self._queue or not self._closed:
+                if not self._queue:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=30)
+                    except TimeoutError:
+                        if not self._queue:
+                            return  # idle: the next submit restarts the loop
+                    continue
+                # Wait for a free slot first: what arrives meanwhile joins this group.
+                await self._slots.acquire()
+                group, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                task = asyncio.create_task(self._commit_in_slot(group), name=f"group-commit-{self.name}-write")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        finally:
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _commit_in_slot(self, group: list[_Item]) -> None:
+        try:
             await self._commit_group(group)
+        finally:
+            self._slots.release()
 
     async def _commit_group(self, group: list[_Item]) -> None:
         try:
@@ -180,12 +202,13 @@ async def _insert_ignore_many(
     await conn.execute(stmt, rows)
 
 
-def group_committer(ctx: Context, name: str = "default", *, max_batch: int = 2000) -> GroupCommitter:
-    """The process's committer for ``name`` (one per ingest stream keeps groups homogeneous)."""
+def group_committer(ctx: Context, name: str = "default", *, max_batch: int = 2000, parallel: int = 1) -> GroupCommitter:
+    """The process's committer for ``name`` (one per ingest stream keeps groups homogeneous).
+    ``parallel`` groups may be in flight at once on PostgreSQL (see the module docstring)."""
     committers: dict[str, GroupCommitter] = ctx.extras.setdefault("group_committers", {})
     committer = committers.get(name)
     if committer is None:
-        committer = committers[name] = GroupCommitter(ctx.db, max_batch=max_batch, name=name)
+        committer = committers[name] = GroupCommitter(ctx.db, max_batch=max_batch, name=name, parallel=parallel)
     return committer
 
 

@@ -73,7 +73,8 @@ def async_url(url: str) -> str:
     return url
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
+    """JSON text as the engine stores it (orjson; non-string keys allowed)."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
@@ -139,7 +140,7 @@ class Database:
     ) -> None:
         self.url = url
         self.dialect_name = "sqlite" if url.startswith("sqlite") else "postgresql"
-        kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+        kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
         if self.is_sqlite:
             # Opening a SQLite connection costs a thread (aiosqlite), a file open and four
             # pragmas; SQLAlchemy's default pool keeps only 5 and opens and closes the rest
