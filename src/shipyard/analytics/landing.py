@@ -60,8 +60,8 @@ LOAD_CACHE_KIB = -65_536
 # depends on (the alias and user probes), and vacuums the landing table, which it empties
 # as fast as ingest fills it. The events table is left to the minute job: ingest only
 # writes it, and an ANALYZE of its JSON columns cost ≈1 s at 100,000 rows.
-STATS_EVERY_SECONDS = 2.0
-FAST_TABLES = tuple(t.name for t in (incoming, aliases, users))
+STATS_EVERY_SECONDS = 1.0
+PROBED_TABLES = (aliases.name, users.name)
 
 COLUMNS = tuple(c.name for c in incoming.columns if c.name != "id")
 # Advisory lock key (any constant bigint) serialising loads across PostgreSQL clients.
@@ -259,7 +259,8 @@ class Loader:
         now = time.monotonic()
         if now - self._stats_checked >= STATS_EVERY_SECONDS:
             self._stats_checked = now
-            await pgstats.keep_fresh(self.ctx.db, FAST_TABLES)
+            await pgstats.keep_fresh(self.ctx.db, PROBED_TABLES)
+            await pgstats.keep_fresh(self.ctx.db, [incoming.name], analyze=False)
 
     async def close(self) -> None:
         """Stop the background task and load what is staged (best effort: staged rows are

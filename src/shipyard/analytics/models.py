@@ -104,7 +104,8 @@ aliases = Table(
     Column("alias", String(200), primary_key=True),
     Column("user_key", String(200), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
-    Index("ix_analytics_aliases_user", "project_id", "user_key"),
+    # user_key first: see migration analytics_0004 (alias lookups must take the primary key).
+    Index("ix_analytics_aliases_user", "user_key", "project_id"),
 )
 
 groups = Table(

@@ -26,11 +26,14 @@ log = logging.getLogger("shipyard.pgstats")
 
 # ANALYZE when this many rows changed since the last one, plus this share of the table…
 ANALYZE_BASE, ANALYZE_SCALE = 1_000, 0.2
+# …or, for a table never analyzed, as soon as this many rows arrived (it is small: cheap).
+FIRST_ANALYZE = 100
 # …VACUUM when this many dead rows wait, plus this share of the live ones.
 VACUUM_BASE, VACUUM_SCALE = 5_000, 0.2
 
 _STATS_SQL = (
-    "SELECT relname, n_live_tup, n_dead_tup, n_mod_since_analyze FROM pg_stat_user_tables "
+    "SELECT relname, n_live_tup, n_dead_tup, n_mod_since_analyze, "
+    "last_analyze IS NULL AND last_autoanalyze IS NULL FROM pg_stat_user_tables "
     "WHERE schemaname = current_schema() AND ($1::text[] IS NULL OR relname = ANY($1::text[]))"
 )
 
@@ -39,10 +42,11 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def keep_fresh(db: Database, tables: Sequence[str] | None = None) -> list[str]:
+async def keep_fresh(db: Database, tables: Sequence[str] | None = None, *, analyze: bool = True) -> list[str]:
     """ANALYZE (and VACUUM, when dead rows pile up) the given tables — every table when
-    None — that changed enough since PostgreSQL last did. Returns what it ran; nothing
-    on SQLite, which plans without gathered statistics."""
+    None — that changed enough since PostgreSQL last did. ``analyze=False`` only vacuums
+    (a queue table, whose plans do not depend on its statistics). Returns what it ran;
+    nothing on SQLite, which plans without gathered statistics."""
     if db.is_sqlite:
         return []
     done: list[str] = []
@@ -50,11 +54,11 @@ async def keep_fresh(db: Database, tables: Sequence[str] | None = None) -> list[
         # VACUUM cannot run inside a transaction block.
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         rows = await auto.exec_driver_sql(_STATS_SQL, (list(tables) if tables is not None else None,))
-        for relname, live, dead, modified in (tuple(row) for row in rows.all()):
+        for relname, live, dead, modified, never in (tuple(row) for row in rows.all()):
             command = None
             if dead > VACUUM_BASE + VACUUM_SCALE * live:
-                command = "VACUUM (ANALYZE, SKIP_LOCKED)"
-            elif modified > ANALYZE_BASE + ANALYZE_SCALE * live:
+                command = "VACUUM (ANALYZE, SKIP_LOCKED)" if analyze else "VACUUM (SKIP_LOCKED)"
+            elif analyze and modified >= (FIRST_ANALYZE if never else ANALYZE_BASE + ANALYZE_SCALE * live):
                 command = "ANALYZE (SKIP_LOCKED)"
             if command is None:
                 continue
