@@ -63,11 +63,9 @@ class FunnelQuery(DateRange):
         return self.window_value * WINDOW_UNITS_MS[self.window_unit]
 
 
-def walk_user(
-    rows: list[tuple[int, int, int, Any]], steps: int, start_lo: int, start_hi: int, window_ms: int
-) -> tuple[int, list[int], Any]:
-    """One user's furthest step. ``rows`` are (ts, id, step bit mask, breakdown value):
-    bit ``k`` of the mask is set when the event matches step ``k + 1``.
+def walk_user(rows: list[Any], steps: int, start_lo: int, start_hi: int, window_ms: int) -> tuple[int, list[int], Any]:
+    """One user's furthest step. ``rows`` are (ts, id, step bit mask, user, [breakdown
+    value]) tuples: bit ``k`` of the mask is set when the event matches step ``k + 1``.
 
     Returns (steps reached, their times, breakdown value of the entry). Greedy
     earliest matching is optimal for an ordered subsequence within a deadline, so one
@@ -77,7 +75,8 @@ def walk_user(
     best_level, best_times, best_value = 0, [], None
     n = len(rows)
     for i in range(n):
-        ts, _id, mask, value = rows[i]
+        row = rows[i]
+        ts, mask = row[0], row[2]
         if not mask & 1 or ts < start_lo or ts >= start_hi:
             continue
         deadline = ts + window_ms
@@ -93,7 +92,7 @@ def walk_user(
                 level += 1
             j += 1
         if level > best_level:
-            best_level, best_times, best_value = level, times, value
+            best_level, best_times, best_value = level, times, row[4] if len(row) > 4 else None
             if level == steps:
                 break
     return best_level, best_times, best_value
@@ -149,7 +148,8 @@ async def funnel(conn: AsyncConnection, project_id: int, q: FunnelQuery) -> dict
     mask: Any = case((step_conditions[0], 1), else_=0)
     for i, cond in enumerate(step_conditions[1:], start=1):
         mask = mask + case((cond, 1 << i), else_=0)
-    columns: list[Any] = [events.c.user_key, events.c.ts_ms, events.c.id, mask.label("mask")]
+    # (ts, id) first: a user's rows then sort by time, ties in stored order, as tuples.
+    columns: list[Any] = [events.c.ts_ms, events.c.id, mask.label("mask"), events.c.user_key]
     if q.breakdown is not None:
         columns.append(breakdown_expr(q.breakdown, dialect).label("bd"))
     all_filters = [*q.filters, *(f for step in q.steps for f in step.filters)]
@@ -169,15 +169,13 @@ async def funnel(conn: AsyncConnection, project_id: int, q: FunnelQuery) -> dict
         # Lets the planner read only these events' ranges of the (event, time, user) index.
         stmt = stmt.where(events.c.event.in_(sorted(names)))
     steps = len(q.steps)
-    per_user: dict[str, list[tuple[int, int, int, Any]]] = defaultdict(list)
-    # Fetched in one go: a few hundred thousand small tuples, and far cheaper than streaming.
-    for partition in [(await conn.execute(stmt)).tuples().all()]:
-        if q.breakdown is None:
-            for user_key, ts, event_id, bits in partition:
-                per_user[user_key].append((ts, event_id, bits, None))
-        else:
-            for user_key, ts, event_id, bits, value in partition:
-                per_user[user_key].append((ts, event_id, bits, value))
+    per_user: dict[str, list[Any]] = defaultdict(list)
+    # Hundreds of thousands of rows: taken from the driver's cursor as the tuples (SQLite)
+    # or records (asyncpg) it made, without a SQLAlchemy Row around each — a third of the
+    # funnel's time on the 1,000,000-event benchmark.
+    result = await conn.execute(stmt)
+    for row in result.cursor.fetchall():
+        per_user[row[3]].append(row)
     labels = [s.label or (f"{s.event} ({s.screen})" if s.screen else s.event) for s in q.steps]
     reached = [0] * steps
     gaps: list[list[int]] = [[] for _ in range(steps)]

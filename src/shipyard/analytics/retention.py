@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import String, and_, cast, func, null, select, union
+from sqlalchemy import String, and_, cast, func, literal, null, select, union, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.analytics.models import daily_users, events
@@ -68,17 +68,15 @@ async def retention(conn: AsyncConnection, project_id: int, q: RetentionQuery) -
     cohort = _cohort_query(project_id, q, wide, first, last, dialect).cte("cohort")
     returns = (await _returns_query(conn, project_id, q, wide, first, horizon_day)).cte("returns")
     offset = (returns.c.b - cohort.c.cb).label("k")
-    group = [cohort.c.cb, cohort.c.bd]
-    sizes: dict[tuple[int, Any], int] = {}
-    for row in await conn.execute(select(cohort.c.cb, cohort.c.bd, func.count().label("n")).group_by(*group)):
-        sizes[(int(row.cb), row.bd)] = int(row.n)
-    counts: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0] * (q.periods + 1))
     joined = cohort.join(returns, returns.c.user_key == cohort.c.user_key)
     in_horizon = and_(returns.c.b > cohort.c.cb, returns.c.b <= cohort.c.cb + q.periods)
     if q.criterion == "on":
-        stmt = select(cohort.c.cb, cohort.c.bd, offset, func.count().label("n")).select_from(joined).where(in_horizon)
-        for row in await conn.execute(stmt.group_by(cohort.c.cb, cohort.c.bd, offset)):
-            counts[(int(row.cb), row.bd)][int(row.k)] += int(row.n)
+        returned: Any = (
+            select(cohort.c.cb, cohort.c.bd, offset, func.count().label("n"))
+            .select_from(joined)
+            .where(in_horizon)
+            .group_by(cohort.c.cb, cohort.c.bd, offset)
+        )
     else:
         last_return = (
             select(cohort.c.user_key, cohort.c.cb, cohort.c.bd, func.max(offset).label("k"))
@@ -87,13 +85,26 @@ async def retention(conn: AsyncConnection, project_id: int, q: RetentionQuery) -
             .group_by(cohort.c.user_key, cohort.c.cb, cohort.c.bd)
             .subquery()
         )
-        stmt = select(last_return.c.cb, last_return.c.bd, last_return.c.k, func.count().label("n")).group_by(
+        returned = select(last_return.c.cb, last_return.c.bd, last_return.c.k, func.count().label("n")).group_by(
             last_return.c.cb, last_return.c.bd, last_return.c.k
         )
-        for row in await conn.execute(stmt):
+    # Cohort sizes (k = -1) and returns in one statement: the cohort CTE, used twice, is
+    # then computed once (both databases materialise it) — it was 40 % of the time.
+    sizes_part = select(cohort.c.cb, cohort.c.bd, literal(-1).label("k"), func.count().label("n")).group_by(
+        cohort.c.cb, cohort.c.bd
+    )
+    sizes: dict[tuple[int, Any], int] = {}
+    counts: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0] * (q.periods + 1))
+    for cb, bd, k, n in (await conn.execute(union_all(sizes_part, returned))).tuples():
+        key, k, n = (int(cb), bd), int(k), int(n)
+        if k < 0:
+            sizes[key] = n
+        elif q.criterion == "on":
+            counts[key][k] += n
+        else:
             # Returned by period k means retained "on or after" every period up to k.
-            for period in range(1, int(row.k) + 1):
-                counts[(int(row.cb), row.bd)][period] += int(row.n)
+            for period in range(1, k + 1):
+                counts[key][period] += n
     return _report(q, buckets, cohort_keys, sizes, counts)
 
 
