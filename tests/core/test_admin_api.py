@@ -8,6 +8,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from shipyard.core import alerts, audit, auth, jobs
@@ -126,6 +127,29 @@ async def test_audit_api_filters_paginates_and_exports(app_client: AppClient) ->
         assert (await actions(ctx)).count("audit.export") == 2
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        'http://\ud825\ude1c\u0007"\u00de9[H',  # found by the schemathesis fuzz: was a 500
+        "http://[not-ipv6/",
+        "http://hooks.example.com:port/",
+        "http://hooks.example.com:70000/",
+        "http://bad\u0007host.example/",
+    ],
+)
+async def test_alert_channel_with_a_malformed_url_is_a_400(app_client: AppClient, url: str) -> None:
+    async with app_client() as (client, ctx):
+        project = await make_project(ctx)
+        response = await client.post(
+            f"/api/v1/projects/{project['id']}/alert-channels",
+            # json.dumps escapes lone surrogates as \\uXXXX, as the fuzzer's client sent them.
+            content=json.dumps({"name": "ops", "url": url}),
+            headers={**bearer(project["secret_key"]), "Content-Type": "application/json"},
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "blocked_destination"
+
+
 async def test_alerts_api_resolves_and_manages_channels_with_secret_shown_once(app_client: AppClient) -> None:
     async with app_client() as (client, ctx):
         project = await make_project(ctx)
@@ -202,3 +226,29 @@ async def test_users_list_is_for_instance_admins(app_client: AppClient) -> None:
         users = (await client.get("/api/v1/users", headers=cookie)).json()["data"]
         assert [u["email"] for u in users] == ["root@example.com"] and users[0]["is_instance_admin"] is True
         assert "password_hash" not in users[0] and "totp_secret" not in users[0]
+
+
+async def test_unicode_digits_and_altered_cursors_are_client_errors(app_client: AppClient) -> None:
+    """ "²".isdigit() is True but int("²") fails: ids, cursors and form keys that look
+    numeric only to isdigit() were 500s (found by the schemathesis fuzz)."""
+    import base64
+
+    def cursor(value: str) -> str:
+        return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+    async with app_client() as (client, ctx):
+        project = await make_project(ctx)
+        headers = bearer(project["secret_key"])
+        assert (await client.get("/api/v1/projects/%C2%B2/alerts", headers=headers)).status_code in (403, 404)
+        base = f"/api/v1/projects/{project['id']}"
+        for value in ("²", "2026-13-99T00:00:00|1", "x|²", "\U0009e605"):
+            response = await client.get(f"{base}/errors/issues", params={"cursor": cursor(value)}, headers=headers)
+            assert response.status_code == 400, (value, response.text)
+        assert (
+            await client.get(f"{base}/errors/issues", params={"cursor": "%F2%9E%98%85"}, headers=headers)
+        ).status_code == 400
+        listed = await client.get(
+            f"{base}/errors/issues", params={"sort": "impact", "cursor": cursor("²")}, headers=headers
+        )
+        assert listed.status_code == 400
+        assert (await client.get(f"{base}/audit", params={"cursor": cursor("²")}, headers=headers)).status_code == 400

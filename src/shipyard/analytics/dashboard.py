@@ -489,7 +489,7 @@ async def _render_editor(
 def _properties_from_form(form: dict[str, Any]) -> list[dict[str, Any]]:
     """Property rows ``prop_name_N``, ``prop_type_N``, ``prop_required_N``, ``prop_description_N``;
     rows without a name are ignored (the blank rows the form offers)."""
-    indexes = sorted(int(k.rsplit("_", 1)[1]) for k in form if k.startswith("prop_name_") and k[10:].isdigit())
+    indexes = sorted(int(k.rsplit("_", 1)[1]) for k in form if k.startswith("prop_name_") and k[10:].isdecimal())
     rows = []
     for i in indexes:
         name = str(form.get(f"prop_name_{i}") or "").strip()

@@ -194,14 +194,25 @@ def _is_internal(address: str) -> bool:
 
 async def check_destination(url: str, *, allow_private: bool) -> None:
     """Reject non-HTTP schemes and, unless allowed, hosts resolving to internal addresses."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number raises here
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL", "Port out of range"
+        raise BlockedDestination(f"not a valid URL ({exc}): {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BlockedDestination(f"only http(s) URLs with a host are allowed: {url!r}")
-    if allow_private:
-        return
     host = parts.hostname
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        host.encode("idna")
+        valid = not any(ord(c) <= 32 or ord(c) == 127 for c in host)
+    except UnicodeError:  # lone surrogates, over-long labels
+        valid = False
+    if not valid:  # no DNS name looks like that, whether or not private hosts are allowed
+        raise BlockedDestination(f"not a valid host name: {host!r}")
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise BlockedDestination(f"cannot resolve {host}: {exc}") from None
     for info in infos:

@@ -41,7 +41,8 @@ class PageParams:
         value = self.after()
         if value is None:
             return None
-        if not value.lstrip("-").isdigit():
+        digits = value.removeprefix("-")
+        if not digits.isdecimal():  # not isdigit(): "²".isdigit() is True, and int("²") fails
             raise BadRequest("invalid cursor")
         return int(value)
 

@@ -53,7 +53,7 @@ async def create_project(
     if not name:
         raise BadRequest("a project needs a name")
     slug = slug or slugify(name)
-    if not _SLUG.match(slug) or slug.isdigit():
+    if not _SLUG.match(slug) or slug.isdecimal():
         raise BadRequest("slug must be lower-case letters, digits and dashes, not only digits")
     if (await conn.execute(select(projects.c.id).where(projects.c.slug == slug))).first():
         raise Conflict(f"a project with slug {slug!r} exists")
@@ -87,7 +87,7 @@ _BY_SLUG_OR_ID = select(projects).where(or_(projects.c.slug == bindparam("slug")
 async def get_project(conn: AsyncConnection, ref: str | int) -> Project:
     """Find a project by numeric id or slug."""
     ref = str(ref)
-    if ref.isdigit():
+    if ref.isdecimal():
         result = await conn.execute(_BY_SLUG_OR_ID, {"slug": ref, "id": int(ref)})
     else:
         result = await conn.execute(_BY_SLUG, {"slug": ref})

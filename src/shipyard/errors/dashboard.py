@@ -339,7 +339,7 @@ async def _form_int(form: dict[str, Any], name: str) -> int | None:
     value = str(form.get(name) or "").strip()
     if not value:
         return None
-    if not value.isdigit() or len(value) > 9:
+    if not value.isdecimal() or len(value) > 9:
         raise ApiError(400, "bad_request", f"{name} must be a whole number")
     return int(value)
 

@@ -104,7 +104,7 @@ def dsn_key(dsn: Any) -> str | None:
 
 async def resolve_project(ctx: Context, project_id: str, public_key: str | None) -> projects.Project:
     """The project behind the key, which must be the project named in the URL."""
-    if not project_id.isdigit():
+    if not project_id.isdecimal():
         raise BadRequest(f"project id {project_id[:40]!r} in the URL must be numeric (the last part of the DSN)")
     if not public_key:
         raise IngestForbidden(
@@ -135,7 +135,7 @@ async def resolve_project(ctx: Context, project_id: str, public_key: str | None)
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is larger than the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0

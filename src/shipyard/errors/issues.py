@@ -372,7 +372,7 @@ async def assign(
     email: str | None = None
     if assignee:
         cond = users_table.c.email == assignee.strip().lower()
-        if assignee.isdigit():
+        if assignee.isdecimal():
             cond = or_(cond, users_table.c.id == int(assignee))
         user = (await conn.execute(select(users_table.c.id, users_table.c.email).where(cond))).first()
         if user is None:
@@ -522,10 +522,12 @@ async def list_issues(
     column = SORTS[sort]
     if after:
         value, _, last_id = after.rpartition("|")
-        if not last_id.isdigit():
-            raise BadRequest("invalid cursor")
-        position: Any = datetime.fromisoformat(value) if sort in ("last_seen", "first_seen") else int(value)
-        stmt = stmt.where(or_(column < position, and_(column == position, issues.c.id < int(last_id))))
+        try:  # a cursor is opaque to clients, but one they altered is their mistake, not ours
+            position: Any = datetime.fromisoformat(value) if sort in ("last_seen", "first_seen") else int(value)
+            before_id = int(last_id)
+        except ValueError:
+            raise BadRequest("invalid cursor") from None
+        stmt = stmt.where(or_(column < position, and_(column == position, issues.c.id < before_id)))
     rows = list((await conn.execute(stmt.order_by(column.desc(), issues.c.id.desc()).limit(limit + 1))).all())
     cursor = None
     if len(rows) > limit:
@@ -539,7 +541,7 @@ async def list_issues(
 async def _list_by_impact(
     conn: AsyncConnection, stmt: Any, active_users: int, limit: int, after: str | None
 ) -> tuple[list[Any], str | None]:
-    if after is not None and not after.isdigit():
+    if after is not None and not (after.isascii() and after.isdecimal()):
         raise BadRequest("invalid cursor")
     offset = int(after or 0)
     rank = impact_rank(active_users)

@@ -31,7 +31,7 @@ def semver_key(version: str) -> tuple[str, tuple[Any, ...]] | None:
         return None
     pre = match.group("pre")
     build = match.group("build") or ""
-    build_key: tuple[int, Any] = (0, int(build)) if build.isdigit() else (1, build)
+    build_key: tuple[int, Any] = (0, int(build)) if build.isdecimal() else (1, build)
     key = (
         int(match.group("major")),
         int(match.group("minor") or 0),

@@ -204,7 +204,7 @@ async def missing_assets(body: MissingQuery, access: Developer) -> dict[str, Any
 async def upload_blob(sha256: str, request: Request, access: Developer) -> dict[str, Any]:
     limit = access.ctx.settings.updates_max_asset_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"files are limited to {limit} bytes")
     raw = await request.body()
     data = decode_body(raw, request.headers.get("content-encoding"), limit=limit)

@@ -60,7 +60,7 @@ class _Reader:
                 raise SfvError("invalid boolean")
             self.pos += 2
             return value == "1"
-        if ch == "-" or ch.isdigit():
+        if ch == "-" or ch.isdecimal():
             match = re.compile(r"-?\d{1,15}(\.\d{1,3})?").match(self.text, self.pos)
             if not match:
                 raise SfvError("invalid number")

@@ -101,7 +101,7 @@ class Answer:
 def version_tuple(value: str) -> tuple[int, ...]:
     parts = []
     for piece in value.strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = "".join(ch for ch in piece if ch.isdecimal())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 
