@@ -9,7 +9,8 @@ de-duplicating on ``messageId`` there — and which every read drains first.
 
 Rows are plain tuples of ints and strings (JSON pre-encoded with orjson) that go to the
 driver directly, bypassing SQLAlchemy's per-row bind processing — ``executemany`` on
-SQLite, one ``INSERT … SELECT FROM unnest()`` on PostgreSQL. Measured on the 2-core box:
+SQLite; on PostgreSQL a binary ``COPY`` into the landing table (``landing.stage``) and one
+``INSERT … SELECT FROM unnest()`` for ``insert_event_rows``. Measured on the 2-core box:
 47,000 rows/s this way on SQLite against 30,000 rows/s through Core's executemany of dicts.
 """
 
