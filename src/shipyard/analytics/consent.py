@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,21 @@ async def _analytics_snapshot(ctx: Context, project_id: int) -> dict[str, bool] 
     return snapshot
 
 
+async def analytics_decisions(ctx: Context, project_id: int, keys: Callable[[], set[str]]) -> dict[str, bool]:
+    """The analytics decision of each id of ``keys()`` that has one (ids without a decision
+    are left out), cached briefly; :func:`allowed_by` applies them to a message's ids.
+
+    Most projects hold few decisions, so the whole set is cached and a batch costs no
+    query, and no work per id (``keys`` is not even called) when the project holds none."""
+    snapshot = await _analytics_snapshot(ctx, project_id)
+    if snapshot is not None:
+        if not snapshot:
+            return {}
+        return {key: snapshot[key] for key in snapshot.keys() & keys()}
+    states = await consent_states(ctx, project_id, keys())
+    return {key: state["analytics"] for key, state in states.items() if "analytics" in state}
+
+
 async def consent_states(ctx: Context, project_id: int, keys: set[str]) -> dict[str, dict[str, bool]]:
     """Current analytics consent for each id (empty dict: no decision recorded), cached briefly.
 
@@ -195,6 +211,20 @@ async def has_consent(conn: AsyncConnection, project_id: int, user_key: str, pur
     if purpose not in PURPOSES:
         raise ValueError(f"unknown consent purpose {purpose!r}")
     return (await current_consent(conn, project_id, user_key)).get(purpose)
+
+
+def allowed_by(mode: str, decisions: dict[str, bool], ids: tuple[str | None, ...]) -> bool:
+    """:func:`analytics_allowed` for the ids of one message (None for an id it lacks), from
+    :func:`analytics_decisions`: no list of states per message, and no lookup at all
+    when the batch's ids hold no decision."""
+    if mode == "off":
+        return True
+    if not decisions:
+        return mode != "opt_in"
+    found = [decisions[i] for i in ids if i and i in decisions]
+    if mode == "opt_in":
+        return bool(found) and all(found)
+    return all(found)
 
 
 def analytics_allowed(mode: str, states: list[dict[str, bool]]) -> bool:

@@ -26,8 +26,10 @@ import logging
 import time
 from collections import Counter
 from functools import cache
+from typing import Any, cast
 
 from prometheus_client import Counter as PromCounter
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipyard.analytics.identity import dialect_insert
@@ -72,27 +74,69 @@ _PG_LOCK_KEY = 0x5348_4950_414E  # "SHIPAN"
 
 @cache
 def stage_sql(dialect: str) -> str:
-    """The INSERT of event tuples (in ``COLUMNS`` order) into the landing table."""
-    table = incoming.name
-    columns = ", ".join(COLUMNS)
-    if dialect == "postgresql":
-        types = {"project_id": "int", "ts_ms": "bigint", "received_ms": "bigint"}
-        arrays = ", ".join(f"${i + 1}::{types.get(c, 'text')}[]" for i, c in enumerate(COLUMNS))
-        selected = ", ".join(f"u.{c}::jsonb" if c in ("properties", "context") else f"u.{c}" for c in COLUMNS)
-        return f"INSERT INTO {table} ({columns}) SELECT {selected} FROM unnest({arrays}) AS u({columns})"
-    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+    """The INSERT of event tuples (in ``COLUMNS`` order) into the landing table (SQLite;
+    PostgreSQL copies them, ``_copy_rows``)."""
+    return f"INSERT INTO {incoming.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
 async def stage(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
     """Append event tuples to the landing table (inside the caller's transaction). The
-    tuples go to the driver as they are: ``executemany`` on SQLite, one ``unnest`` insert
-    on PostgreSQL — Core's per-row bind processing cost as much as the insert itself."""
+    tuples go to the driver as they are: ``executemany`` on SQLite, a binary ``COPY`` on
+    PostgreSQL — Core's per-row bind processing cost as much as the insert itself."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(stage_sql("postgresql"), tuple(list(c) for c in zip(*rows, strict=True)))
+        await _copy_rows(conn, rows)
     else:
         await conn.exec_driver_sql(stage_sql("sqlite"), rows)
+
+
+_COPY_SQL = f"COPY {incoming.name} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
+
+
+async def _copy_rows(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
+    """The rows by asyncpg's ``copy_records_to_table``, in the caller's transaction.
+
+    It replaced ``INSERT … SELECT FROM unnest()`` of 14 arrays: asyncpg checks every array
+    element for nested arrays (several ``isinstance`` against ABCs each), which cost the
+    Shipyard process ≈9 µs per row on the 2-core box; the COPY costs ≈3.5, and less
+    PostgreSQL CPU too. The rows stored are the same: the JSON columns go through the
+    engine's jsonb codec either way, and ids are assigned in row order."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with a transaction's first statement; a
+        # COPY sent to the driver before that would commit on its own.
+        await conn.exec_driver_sql("SELECT 1")
+    try:
+        await driver.copy_records_to_table(incoming.name, records=rows, columns=COLUMNS)
+    except Exception as exc:
+        error, invalidated = _as_sqlalchemy_error(conn, raw.dbapi_connection, exc)
+        if invalidated:
+            await conn.invalidate(error)
+        raise error from exc
+
+
+def _as_sqlalchemy_error(conn: AsyncConnection, dbapi_connection: Any, exc: Exception) -> tuple[Exception, bool]:
+    """``exc`` (from asyncpg) wrapped as SQLAlchemy wraps a failed statement's — the
+    adapter's DBAPI exception inside a ``DBAPIError``, marked when the connection is
+    gone — so callers (``is_outage``, the group committer) see what an
+    ``exec_driver_sql`` failure looks like. Returns (error, connection invalidated)."""
+    try:
+        dbapi_connection._handle_exception(exc)  # raises the DBAPI-level translation
+    except Exception as translated:
+        invalidated = bool(conn.dialect.is_disconnect(cast(Any, translated), dbapi_connection, None))
+        wrapped = sa_exc.DBAPIError.instance(
+            _COPY_SQL,
+            None,
+            translated,
+            conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated,
+            dialect=conn.dialect,
+        )
+        return wrapped, invalidated
+    return exc, False
 
 
 # --- loading ---------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def parse_json_object(raw: bytes, limit: int, what: str) -> dict[str, Any]:
     """Parse a request body (any content type: some SDKs send text/plain) as a JSON object."""
     if len(raw) > limit:
         raise SegmentError(400, "payload_too_large", f"{what} is {len(raw)} bytes; the limit is {limit} bytes")
-    if not raw.strip():
+    if not raw or raw.isspace():  # not raw.strip(): that copies the whole body
         raise SegmentError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:
         body = orjson.loads(raw)
@@ -102,6 +102,14 @@ def parse_json_object(raw: bytes, limit: int, what: str) -> dict[str, Any]:
 
 def parse_time_ms(value: Any, field_name: str) -> int | None:
     """ISO-8601 (what every SDK sends) or epoch seconds/milliseconds, as epoch milliseconds."""
+    if type(value) is str and value:  # the common case first: one check instead of five
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise MessageError("invalid_timestamp", f"{field_name} {value[:40]!r} is not an ISO-8601 time") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -238,82 +246,180 @@ def normalise(
     max_future_ms: int,
 ) -> Message:
     """Validate one message the way Segment does and compute its stored time."""
-    if not isinstance(msg, dict):
-        raise MessageError("invalid_message", "each message must be a JSON object")
-    size = len(orjson.dumps(msg))
-    if size > max_message_bytes:
-        raise MessageError("message_too_large", f"message is {size} bytes; the limit is {max_message_bytes} bytes")
-    kind = forced_type or msg.get("type")
-    if kind not in MESSAGE_TYPES:
-        raise MessageError("invalid_type", f"type must be one of {', '.join(MESSAGE_TYPES)}; got {kind!r}")
-    user_id = _id(msg.get("userId"), "userId")
-    anonymous_id = _id(msg.get("anonymousId"), "anonymousId")
-    if user_id is None and anonymous_id is None:
-        raise MessageError("no_user_anon_id", "every message needs a userId or an anonymousId")
-    message_id = msg.get("messageId")
-    if message_id is None or message_id == "":
-        message_id = "srv-" + uuid.uuid4().hex
-    elif not isinstance(message_id, _STR_OR_INT) or isinstance(message_id, bool):
-        raise MessageError("invalid_message_id", "messageId must be a string")
-    message_id = str(message_id)
-    if len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        raise MessageError("invalid_message_id", f"messageId is longer than {MAX_MESSAGE_ID_LENGTH} characters")
-    context = _object(msg.get("context"), "context")
-    if batch_context:
-        context = {**batch_context, **context}
-    properties = _object(msg.get("properties"), "properties")
-    own_sent_at = parse_time_ms(msg.get("sentAt"), "sentAt")
-    timestamp = parse_time_ms(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
-    sent_at = own_sent_at if own_sent_at is not None else sent_at_ms
-    ts_ms = corrected_time_ms(timestamp, sent_at, received_ms, max_future_ms)
-    if ts_ms < 0:
-        raise MessageError("invalid_timestamp", "timestamp is before 1970")
-    message = Message(
-        type=kind,
-        event="",
-        message_id=message_id,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        ts_ms=ts_ms,
+    return Normaliser(
+        forced_type=forced_type,
+        batch_context=batch_context,
+        sent_at_ms=sent_at_ms,
         received_ms=received_ms,
-        properties=properties,
-        context=context,
-        size=size,
+        request_ip=request_ip,
+        max_message_bytes=max_message_bytes,
+        max_future_ms=max_future_ms,
+    )(msg)
+
+
+class Normaliser:
+    """:func:`normalise` with the values one request shares bound once: ingest calls it for
+    every message, and eight keyword arguments per call were a measurable part of it.
+
+    Each field is checked inline for its common shape (a non-empty string of a valid
+    length, an object) and handed to the general validator otherwise, so the errors, and
+    the order they are raised in, are those of the validators."""
+
+    __slots__ = (
+        "forced_type",
+        "batch_context",
+        "sent_at_ms",
+        "received_ms",
+        "request_ip",
+        "max_message_bytes",
+        "max_future_ms",
     )
-    if kind == "track":
-        message.event = _name(msg.get("event"), "event", required=True) or ""
-        if message.event in RESERVED_EVENTS:
-            raise MessageError("invalid_event", f"event names starting with $ like {message.event} are reserved")
-    else:
-        message.event = EVENT_FOR_TYPE[kind]
-    if kind in ("screen", "page"):
-        message.screen = _name(msg.get("name"), "name", required=False) or _name(
-            properties.get("name"), "name", required=False
+
+    def __init__(
+        self,
+        *,
+        forced_type: str | None,
+        batch_context: dict[str, Any] | None,
+        sent_at_ms: int | None,
+        received_ms: int,
+        request_ip: str | None,
+        max_message_bytes: int,
+        max_future_ms: int,
+    ) -> None:
+        self.forced_type = forced_type
+        self.batch_context = batch_context
+        self.sent_at_ms = sent_at_ms
+        self.received_ms = received_ms
+        self.request_ip = request_ip
+        self.max_message_bytes = max_message_bytes
+        self.max_future_ms = max_future_ms
+
+    def __call__(self, msg: Any) -> Message:
+        if type(msg) is not dict and not isinstance(msg, dict):
+            raise MessageError("invalid_message", "each message must be a JSON object")
+        size = len(orjson.dumps(msg))
+        if size > self.max_message_bytes:
+            raise MessageError(
+                "message_too_large", f"message is {size} bytes; the limit is {self.max_message_bytes} bytes"
+            )
+        get = msg.get
+        kind = self.forced_type or get("type")
+        if kind not in MESSAGE_TYPES:
+            raise MessageError("invalid_type", f"type must be one of {', '.join(MESSAGE_TYPES)}; got {kind!r}")
+        user_id = get("userId")
+        if type(user_id) is not str or not 0 < len(user_id) <= MAX_ID_LENGTH:
+            user_id = _id(user_id, "userId")
+        anonymous_id = get("anonymousId")
+        if type(anonymous_id) is not str or not 0 < len(anonymous_id) <= MAX_ID_LENGTH:
+            anonymous_id = _id(anonymous_id, "anonymousId")
+        if user_id is None and anonymous_id is None:
+            raise MessageError("no_user_anon_id", "every message needs a userId or an anonymousId")
+        message_id = get("messageId")
+        if type(message_id) is not str or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
+            message_id = _message_id(message_id)
+        context = get("context")
+        if type(context) is not dict:
+            context = _object(context, "context")
+        batch_context = self.batch_context
+        if batch_context:
+            context = {**batch_context, **context}
+        properties = get("properties")
+        if type(properties) is not dict:
+            properties = _object(properties, "properties")
+        own_sent_at = get("sentAt")
+        if own_sent_at is not None:
+            own_sent_at = parse_time_ms(own_sent_at, "sentAt")
+        timestamp = parse_time_ms(get("timestamp") or get("originalTimestamp"), "timestamp")
+        received_ms = self.received_ms
+        if timestamp is None:
+            ts_ms = received_ms
+        else:  # corrected_time_ms, inline
+            sent_at = own_sent_at if own_sent_at is not None else self.sent_at_ms
+            ts_ms = timestamp if sent_at is None else received_ms - (sent_at - timestamp)
+            if ts_ms > received_ms + self.max_future_ms:
+                ts_ms = received_ms
+        if ts_ms < 0:
+            raise MessageError("invalid_timestamp", "timestamp is before 1970")
+        screen = group_id = previous_id = None
+        traits: dict[str, Any] = {}
+        stored_properties = properties
+        if kind == "track":
+            event = get("event")
+            if type(event) is not str or not 0 < len(event) <= MAX_NAME_LENGTH:
+                event = _name(event, "event", required=True) or ""
+            if event in RESERVED_EVENTS:
+                raise MessageError("invalid_event", f"event names starting with $ like {event} are reserved")
+        else:
+            event = EVENT_FOR_TYPE[kind]
+            if kind == "screen" or kind == "page":
+                screen = get("name")
+                if type(screen) is not str or not 0 < len(screen) <= MAX_NAME_LENGTH:
+                    screen = _name(screen, "name", required=False) or _name(
+                        properties.get("name"), "name", required=False
+                    )
+            elif kind == "identify":
+                traits = _object(get("traits"), "traits") or _object(context.get("traits"), "context.traits")
+                stored_properties = traits
+            elif kind == "group":
+                group_id = _id(get("groupId"), "groupId")
+                if group_id is None:
+                    raise MessageError("missing_groupId", "a group call needs a groupId")
+                traits = _object(get("traits"), "traits")
+                stored_properties = {"groupId": group_id, **traits}
+            elif kind == "alias":
+                previous_id = _id(get("previousId"), "previousId")
+                if previous_id is None or user_id is None:
+                    raise MessageError("missing_previousId", "an alias call needs a previousId and a userId")
+                stored_properties = {"previousId": previous_id}
+        # session_id_of, without its calls when the message carries no session id at all.
+        if (
+            get("sessionId") is None
+            and context.get("sessionId") is None
+            and properties.get("$session_id") is None
+            and not get("integrations")
+        ):
+            session_id = None
+        else:
+            session_id = session_id_of(msg, context, properties)
+        ip = context.get("ip")
+        return Message(
+            kind,
+            event,
+            message_id,
+            user_id,
+            anonymous_id,
+            ts_ms,
+            received_ms,
+            stored_properties,
+            context,
+            screen,
+            traits,
+            group_id,
+            previous_id,
+            session_id,
+            ip if isinstance(ip, str) and ip else self.request_ip,
+            size,
         )
-    elif kind == "identify":
-        message.traits = _object(msg.get("traits"), "traits") or _object(context.get("traits"), "context.traits")
-        message.properties = message.traits
-    elif kind == "group":
-        message.group_id = _id(msg.get("groupId"), "groupId")
-        if message.group_id is None:
-            raise MessageError("missing_groupId", "a group call needs a groupId")
-        message.traits = _object(msg.get("traits"), "traits")
-        message.properties = {"groupId": message.group_id, **message.traits}
-    elif kind == "alias":
-        message.previous_id = _id(msg.get("previousId"), "previousId")
-        if message.previous_id is None or user_id is None:
-            raise MessageError("missing_previousId", "an alias call needs a previousId and a userId")
-        message.properties = {"previousId": message.previous_id}
-    message.session_id = session_id_of(msg, context, properties)
-    ip = context.get("ip")
-    message.ip = ip if isinstance(ip, str) and ip else request_ip
-    return message
+
+
+def _message_id(value: Any) -> str:
+    if value is None or value == "":
+        return "srv-" + uuid.uuid4().hex
+    if not isinstance(value, _STR_OR_INT) or isinstance(value, bool):
+        raise MessageError("invalid_message_id", "messageId must be a string")
+    text = str(value)
+    if len(text) > MAX_MESSAGE_ID_LENGTH:
+        raise MessageError("invalid_message_id", f"messageId is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+    return text
 
 
 def stored_context(context: dict[str, Any], *, anonymised: bool) -> dict[str, Any]:
     """The context kept with an event: no copy of traits (they live on the user) and no IP
     (its own column, truncated per project); anonymised events also lose device ids."""
-    kept = {k: v for k, v in context.items() if k not in ("traits", "ip")}
+    # A copy without them, in order: dict() and two pops cost a fifth of a comprehension.
+    kept = dict(context)
+    kept.pop("traits", None)
+    kept.pop("ip", None)
     if anonymised:
         device = kept.get("device")
         if isinstance(device, dict):
