@@ -214,9 +214,9 @@ async def has_consent(conn: AsyncConnection, project_id: int, user_key: str, pur
 
 
 def allowed_by(mode: str, decisions: dict[str, bool], ids: tuple[str | None, ...]) -> bool:
-    """:func:`analytics_allowed` for the ids of one message (None for an id it lacks), from
-    :func:`analytics_decisions`: no list of states per message, and no lookup at all
-    when the batch's ids hold no decision."""
+    """Whether an event may be stored as sent, given the analytics consent decisions of
+    the ids it carries (None for an id it lacks), from :func:`analytics_decisions`.
+    ``opt_in`` needs a yes and no no; ``opt_out`` collects unless someone said no."""
     if mode == "off":
         return True
     if not decisions:
@@ -225,16 +225,6 @@ def allowed_by(mode: str, decisions: dict[str, bool], ids: tuple[str | None, ...
     if mode == "opt_in":
         return bool(found) and all(found)
     return all(found)
-
-
-def analytics_allowed(mode: str, states: list[dict[str, bool]]) -> bool:
-    """Whether an event may be stored as sent, given the consent of the ids it carries."""
-    if mode == "off":
-        return True
-    decisions = [s["analytics"] for s in states if "analytics" in s]
-    if mode == "opt_in":
-        return bool(decisions) and all(decisions)
-    return all(decisions)  # opt_out: collect unless someone said no
 
 
 # --- suppression list ------------------------------------------------------------------------

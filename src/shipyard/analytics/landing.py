@@ -72,11 +72,9 @@ COLUMNS = tuple(c.name for c in incoming.columns if c.name != "id")
 _PG_LOCK_KEY = 0x5348_4950_414E  # "SHIPAN"
 
 
-@cache
-def stage_sql(dialect: str) -> str:
-    """The INSERT of event tuples (in ``COLUMNS`` order) into the landing table (SQLite;
-    PostgreSQL copies them, ``_copy_rows``)."""
-    return f"INSERT INTO {incoming.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# The INSERT of event tuples (in ``COLUMNS`` order) into the landing table on SQLite;
+# PostgreSQL copies them (``_copy_rows``).
+_SQLITE_STAGE_SQL = f"INSERT INTO {incoming.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
 async def stage(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
@@ -88,7 +86,7 @@ async def stage(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> None:
     if conn.dialect.name == "postgresql":
         await _copy_rows(conn, rows)
     else:
-        await conn.exec_driver_sql(stage_sql("sqlite"), rows)
+        await conn.exec_driver_sql(_SQLITE_STAGE_SQL, rows)
 
 
 _COPY_SQL = f"COPY {incoming.name} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
