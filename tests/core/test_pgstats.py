@@ -99,3 +99,16 @@ def test_the_minute_job_is_scheduled() -> None:
     assert maintenance.refresh_statistics is not None  # importing it declares the schedule
     assert jobs._schedules["core.pgstats"][:2] == ("* * * * *", "core.pgstats")
     assert "core.pgstats" in jobs.registered_kinds()
+
+
+async def test_the_job_checks_every_table(pg_ctx: Context) -> None:
+    async with pg_ctx.db.transaction() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO analytics_aliases (project_id, alias, user_key, created_at) "
+                "SELECT 1, 'anon-' || g, 'user-' || g, now() FROM generate_series(1, 500) g"
+            )
+        )
+    await asyncio.sleep(1.1)
+    await maintenance.refresh_statistics(pg_ctx, {}, None)  # type: ignore[arg-type]
+    assert (await _stats(pg_ctx, "analytics_aliases"))[0] >= 1
