@@ -103,6 +103,14 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("bad_request", f"a value in the request cannot be stored: {exc}"), status_code=400
         )
 
+    @app.exception_handler(sa_exc.StatementError)
+    async def _unstorable_bound_json(request: Request, exc: sa_exc.StatementError) -> JSONResponse:
+        # The same JSON, caught by the engine's serializer while binding a JSON column:
+        # SQLAlchemy wraps it. Anything else wrapped here is a bug, and stays a 500.
+        if isinstance(exc.orig, orjson.JSONEncodeError):
+            return await _unstorable_json(request, exc.orig)
+        raise exc
+
     @app.exception_handler(sa_exc.DataError)
     async def _data_error(_request: Request, exc: sa_exc.DataError) -> JSONResponse:
         # PostgreSQL rejected a value's type or range (e.g. an id beyond int8).
