@@ -25,12 +25,20 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from shipyard.app import create_app
 from shipyard.core import auth, migrate, projects
 from shipyard.core.auth import KeyCache, Role
 from shipyard.core.context import Context
 from shipyard.settings import Settings
+
+# Under CI every property test draws the same examples (a failure there is reproducible, and
+# a landing never fails on a case no one can find again); local runs stay random, and each
+# bug they find gets a regression test of its own.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 PG_ADMIN_URL = os.environ.get("SHIPYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SHIPYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

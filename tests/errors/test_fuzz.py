@@ -209,3 +209,18 @@ def test_ingest_answers_4xx_never_5xx_and_processes_what_it_accepts(tmp_path: Pa
         assert accepted > 0  # the strategies do produce valid envelopes
     finally:
         h.close()
+
+
+def test_an_error_message_quoting_any_unicode_still_fits_the_x_sentry_error_header(tmp_path: Path) -> None:
+    """Found by the fuzz above: the message quoted a non-latin-1 length value, and putting
+    it into X-Sentry-Error raised UnicodeEncodeError (a 500 instead of the 400)."""
+    h = Harness(tmp_path)
+    h.run(h.start())
+    try:
+        body = b'{}\n{"type":"event","length":"\xc4\x80"}\n{}\n'
+        response = h.run(post(h.client, h.project, body))
+        assert response.status_code == 400, response.text
+        assert "\\u0100" in response.headers["x-sentry-error"]
+        assert "Ā" in response.json()["error"]["message"]
+    finally:
+        h.close()

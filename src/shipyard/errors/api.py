@@ -67,9 +67,15 @@ def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def _header_text(text: str) -> str:
+    """``text`` as a header value can carry it: the message may quote the client's bytes
+    (any Unicode), and a header is latin-1 without control characters."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _error(request: Request, ctx: Context, exc: ApiError) -> Response:
     REJECTED.labels(str(exc.status)).inc()
-    headers = {**_cors(request, ctx), **(exc.headers or {}), "X-Sentry-Error": exc.message[:400]}
+    headers = {**_cors(request, ctx), **(exc.headers or {}), "X-Sentry-Error": _header_text(exc.message[:400])}
     return _json(error_body(exc.code, exc.message), exc.status, headers)
 
 
