@@ -142,7 +142,7 @@ async def test_alert_channel_with_a_malformed_url_is_a_400(app_client: AppClient
         project = await make_project(ctx)
         response = await client.post(
             f"/api/v1/projects/{project['id']}/alert-channels",
-            # json.dumps escapes lone surrogates as \\uXXXX, as the fuzzer's client sent them.
+            # json.dumps escapes lone surrogates (\\ud825), as the fuzzer's client sent them.
             content=json.dumps({"name": "ops", "url": url}),
             headers={**bearer(project["secret_key"]), "Content-Type": "application/json"},
         )
