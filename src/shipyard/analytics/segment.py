@@ -255,6 +255,7 @@ def normalise(
     )(msg)
 
 
+@dataclass(slots=True, kw_only=True)
 class Normaliser:
     """:func:`normalise` with the values one request shares bound once: ingest calls it for
     every message, and eight keyword arguments per call were a measurable part of it.
@@ -263,34 +264,13 @@ class Normaliser:
     length, an object) and handed to the general validator otherwise, so the errors, and
     the order they are raised in, are those of the validators."""
 
-    __slots__ = (
-        "forced_type",
-        "batch_context",
-        "sent_at_ms",
-        "received_ms",
-        "request_ip",
-        "max_message_bytes",
-        "max_future_ms",
-    )
-
-    def __init__(
-        self,
-        *,
-        forced_type: str | None,
-        batch_context: dict[str, Any] | None,
-        sent_at_ms: int | None,
-        received_ms: int,
-        request_ip: str | None,
-        max_message_bytes: int,
-        max_future_ms: int,
-    ) -> None:
-        self.forced_type = forced_type
-        self.batch_context = batch_context
-        self.sent_at_ms = sent_at_ms
-        self.received_ms = received_ms
-        self.request_ip = request_ip
-        self.max_message_bytes = max_message_bytes
-        self.max_future_ms = max_future_ms
+    forced_type: str | None
+    batch_context: dict[str, Any] | None
+    sent_at_ms: int | None
+    received_ms: int
+    request_ip: str | None
+    max_message_bytes: int
+    max_future_ms: int
 
     def __call__(self, msg: Any) -> Message:
         if type(msg) is not dict and not isinstance(msg, dict):
