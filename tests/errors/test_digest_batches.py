@@ -3,15 +3,18 @@ issue users come out as they would one event at a time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from shipyard.app import create_app
 from shipyard.core import projects
 from shipyard.core.context import Context
+from shipyard.core.models import jobs
+from shipyard.errors import digest
 from shipyard.errors.models import event_data, events, issues
 from tests.errors.helpers import error_event, frame, process, send_events
 
@@ -68,3 +71,30 @@ async def _check_batched_writes(ctx: Context, client: httpx.AsyncClient) -> None
         rows = (await conn.execute(select(events.c.event_id, event_data.c.data).join(event_data))).all()
     assert len(rows) == 7
     assert all(r.data["event_id"] == r.event_id for r in rows)
+
+
+async def test_a_restart_digests_what_the_previous_process_left_at_once(ctx: Context) -> None:
+    """Envelopes acknowledged by a process that stopped before digesting them get a digest
+    job as soon as the next process starts, not at the next minute of the safety net."""
+    async with ctx.db.transaction() as conn:
+        project = await projects.create_project(conn, "Restart", public_base=ctx.settings.public_base)
+    async for client in _client(ctx):
+        await send_events(client, project, _crash("cart", "u1"), _crash("pay", "u2"))
+        await asyncio.gather(*digest.digester(ctx).tasks)
+    async with ctx.db.transaction() as conn:  # the process died with its job: nothing is queued
+        await conn.execute(delete(jobs))
+
+    async for _client_after_restart in _client(ctx):
+        await asyncio.gather(*digest.digester(ctx).tasks)
+        async with ctx.db.connect() as conn:
+            queued = (await conn.execute(select(jobs.c.kind).where(jobs.c.status == "queued"))).scalars().all()
+        assert queued == [digest.DIGEST_KIND]
+        assert await process(ctx) == 2
+        assert sorted(await _issue_counts(ctx)) == ["app.cart in handle_cart", "app.pay in handle_pay"]
+
+
+async def test_a_start_with_nothing_left_queues_no_digest(ctx: Context) -> None:
+    async for _client_after_start in _client(ctx):
+        await asyncio.gather(*digest.digester(ctx).tasks)
+        async with ctx.db.connect() as conn:
+            assert (await conn.execute(select(jobs.c.kind))).scalars().all() == []

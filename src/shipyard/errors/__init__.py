@@ -34,7 +34,10 @@ def _cli() -> Any:
 
 
 def _on_startup(app: Any) -> None:
+    from shipyard.errors import digest
     from shipyard.errors.api import fast_ingest_routes
+
+    digest.resume(app.state.ctx)
 
     for route in reversed(fast_ingest_routes):
         if route not in app.router.routes:

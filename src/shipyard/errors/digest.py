@@ -139,6 +139,28 @@ def kick(ctx: Context) -> None:
     task.add_done_callback(d.tasks.discard)
 
 
+def resume(ctx: Context) -> None:
+    """At start: if envelopes are waiting (a previous process stopped or was killed before
+    digesting what it acknowledged), start a digest job now rather than at the next minute
+    of the safety-net schedule."""
+    d = digester(ctx)
+    task = asyncio.create_task(_resume(ctx))
+    d.tasks.add(task)
+    task.add_done_callback(d.tasks.discard)
+
+
+async def _resume(ctx: Context) -> None:
+    try:
+        async with ctx.db.connect() as conn:
+            waiting = (await conn.execute(select(envelopes.c.id).where(envelopes.c.failed.is_(False)).limit(1))).first()
+    except Exception as exc:  # the every-minute schedule picks the envelopes up anyway
+        log.warning("could not look for envelopes left to digest: %s", exc)
+        return
+    if waiting is not None:
+        digester(ctx).last_enqueue = time.monotonic()
+        await _enqueue(ctx)
+
+
 async def _enqueue(ctx: Context) -> None:
     try:
         async with ctx.db.transaction() as conn:
