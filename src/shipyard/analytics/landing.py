@@ -58,8 +58,6 @@ LOAD_BATCH = 20_000
 LOAD_DELAY_SECONDS = 1.0
 # PostgreSQL work_mem of a load's transaction.
 LOAD_WORK_MEM = "64MB"
-# SQLite page cache of the loading connection (negative: KiB).
-LOAD_CACHE_KIB = -65_536
 # PostgreSQL: how often the loader checks the statistics of the tables whose plans ingest
 # depends on (the alias and user probes), and vacuums the landing table, which it empties
 # as fast as ingest fills it. The events table is left to the minute job: ingest only
@@ -195,14 +193,9 @@ async def load_chunk(conn: AsyncConnection, limit: int | None = None) -> tuple[i
             moved += taken
             duplicates[project_id] += taken - new
         return moved, +duplicates
-    # A chunk updates the same index pages many times over: give this connection a cache
-    # big enough to keep them (64 MB) for the load, then hand it back to the pool at the
-    # default size, so idle pooled connections do not each hold one.
-    await conn.exec_driver_sql(f"PRAGMA cache_size={LOAD_CACHE_KIB}")
-    try:
-        return await _load_sqlite_chunk(conn, limit)
-    finally:
-        await conn.exec_driver_sql("PRAGMA cache_size=-2000")
+    # A chunk updates the same index pages many times over; the writer connection's page
+    # cache (``core.db.WRITER_CACHE_KIB``) keeps them from one chunk to the next.
+    return await _load_sqlite_chunk(conn, limit)
 
 
 async def _load_sqlite_chunk(conn: AsyncConnection, limit: int) -> tuple[int, Counter[int]]:

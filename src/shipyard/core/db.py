@@ -130,6 +130,8 @@ def is_outage(exc: BaseException, *, connecting: bool = False) -> bool:
 
 # SQLite connections kept per process, as a multiple of ``db_pool_size``.
 SQLITE_POOL_FACTOR = 4
+# Page cache of the SQLite writer connection, in KiB (the default is 2,000).
+WRITER_CACHE_KIB = 65_536
 
 
 class Database:
@@ -162,9 +164,18 @@ class Database:
                 connect_args={"timeout": connect_timeout},
             )
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
+        # The engine transactions use. On SQLite it is one connection, kept open: writers take
+        # turns anyway (``write_lock``), and a connection's page cache is dropped whenever
+        # another connection commits, so a single writer is the only one whose cache of the
+        # index pages it keeps updating survives from one transaction to the next.
+        self.write_engine = self.engine
         if self.is_sqlite:
-            self._install_sqlite_pragmas(sqlite_synchronous)
-            self._skip_idle_rollbacks()
+            kwargs.update(pool_size=1, max_overflow=0)
+            self.write_engine = create_async_engine(async_url(url), **kwargs)
+            self._install_sqlite_pragmas(self.engine, sqlite_synchronous)
+            self._install_sqlite_pragmas(self.write_engine, sqlite_synchronous, cache_kib=WRITER_CACHE_KIB)
+            self._skip_idle_rollbacks(self.engine)
+            self._skip_idle_rollbacks(self.write_engine)
         # SQLite allows one writer at a time; serialising writers in-process avoids
         # "database is locked" retries and is faster than letting them contend.
         self.write_lock = asyncio.Lock()
@@ -173,17 +184,21 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect_name == "sqlite"
 
-    def _install_sqlite_pragmas(self, synchronous: str) -> None:
-        @event.listens_for(self.engine.sync_engine, "connect")
+    @staticmethod
+    def _install_sqlite_pragmas(engine: AsyncEngine, synchronous: str, cache_kib: int | None = None) -> None:
+        @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            if cache_kib is not None:
+                cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
             cursor.close()
 
-    def _skip_idle_rollbacks(self) -> None:
+    @staticmethod
+    def _skip_idle_rollbacks(engine: AsyncEngine) -> None:
         """Roll back only a connection that has a transaction open.
 
         SQLAlchemy rolls back every connection it closes (its autobegun transaction, or the
@@ -191,7 +206,7 @@ class Database:
         so after reads alone there is nothing to undo, yet each rollback is a round trip to
         the connection's aiosqlite thread: on a one-SELECT admin read it was one of five.
         """
-        dialect = self.engine.sync_engine.dialect
+        dialect = engine.sync_engine.dialect
         rollback = dialect.do_rollback
 
         def do_rollback(dbapi_connection: Any) -> None:
@@ -228,7 +243,7 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        conn = await self._open()
+        conn = await self._open(self.write_engine)
         try:
             async with conn.begin():
                 yield conn
@@ -239,8 +254,8 @@ class Database:
         finally:
             await _close_quietly(conn)
 
-    async def _open(self) -> AsyncConnection:
-        conn = self.engine.connect()
+    async def _open(self, engine: AsyncEngine | None = None) -> AsyncConnection:
+        conn = (engine or self.engine).connect()
         try:
             await conn.start()
         except Exception as exc:
@@ -260,6 +275,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.write_engine is not self.engine:
+            await self.write_engine.dispose()
 
 
 async def _close_quietly(conn: AsyncConnection) -> None:
