@@ -5,15 +5,18 @@ imported as JSON, and a user's events exported and erased."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 
+from shipyard.analytics.cli import parse_filter
 from tests.analytics.helpers import basic
 from tests.analytics.test_dashboard_browser import _events
 
@@ -84,6 +87,23 @@ def test_queries_print_tables_and_csv(live_server: Any) -> None:
     ).stdout
     assert retention.splitlines()[0].split() == ["cohort", "users", "day", "0", "day", "1"]
     assert _rows(retention) == [[day, "3", "100.0%", "33.3%"]]
+
+    # Property filters: only g1's care task has task_type; g1 and g2 created plants.
+    watering = ["-e", "care_task_completed", "--where", "task_type = watering", "--csv", *span]
+    assert shipyard(live_server, "trends", "-p", slug, *watering).stdout.splitlines()[1:] == [
+        f"care_task_completed,,{day},1"
+    ]
+    untyped = ["-e", "app_opened", "-w", "task_type is_set", "--csv", *span]
+    assert shipyard(live_server, "trends", "-p", slug, *untyped).stdout.splitlines()[1:] == [f"app_opened,,{day},0"]
+    none_match = shipyard(live_server, "funnel", "-p", slug, *steps, "-w", "task_type in mowing,pruning", *span)
+    assert [row[2] for row in _rows(none_match.stdout)[:3]] == ["0", "0", "0"]
+    typed_retention = ["--start-event", "care_task_completed", "--start-where", "task_type = watering"]
+    returned = shipyard(
+        live_server, "retention", "-p", slug, *typed_retention, "--interval", "day", "--periods", "1", *span
+    )
+    assert _rows(returned.stdout) == [[day, "1", "100.0%", "100.0%"]]
+    not_a_string = shipyard(live_server, "trends", "-p", slug, "-w", "task_type contains 3", *span, check=False)
+    assert not_a_string.returncode == 1 and "contains needs a string value" in not_a_string.stderr
 
     one_step = shipyard(live_server, "funnel", "-p", slug, "-s", "a", check=False)
     assert one_step.returncode == 1 and "steps: List should have at least 2 items" in one_step.stderr
@@ -160,3 +180,37 @@ def test_plan_export_import_and_user_export_erase(live_server: Any, tmp_path: Pa
     assert unconfirmed.returncode != 0  # no --yes and no terminal to confirm on: nothing erased
     still = json.loads(shipyard(live_server, "events", "export", "-p", slug, "--user", "g2").stdout)
     assert len(still["events"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("plan = pro", {"property": "plan", "op": "eq", "value": "pro"}),
+        ("user:plant_count >= 3", {"property": "plant_count", "scope": "user", "op": "gte", "value": 3}),
+        (
+            "context:os.name in iOS, Android",
+            {"property": "os.name", "scope": "context", "op": "in", "value": ["iOS", "Android"]},
+        ),
+        ('code eq "007"', {"property": "code", "op": "eq", "value": "007"}),
+        ("beta = true", {"property": "beta", "op": "eq", "value": True}),
+        ("email is_set", {"property": "email", "op": "is_set"}),
+        ("title contains two words", {"property": "title", "op": "contains", "value": "two words"}),
+        ("url:path = /home", {"property": "url:path", "op": "eq", "value": "/home"}),
+    ],
+)
+def test_where_conditions_parse_into_api_filters(text: str, parsed: dict[str, Any]) -> None:
+    assert parse_filter(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plan", "expected PROPERTY OP [VALUE]"),
+        ("plan ~ pro", "unknown operator '~'"),
+        ("plan =", "eq needs a value"),
+        ("email is_set yes", "is_set takes no value"),
+    ],
+)
+def test_malformed_where_conditions_are_refused_before_any_request(text: str, message: str) -> None:
+    with pytest.raises(click.BadParameter, match=re.escape(message)):
+        parse_filter(text)

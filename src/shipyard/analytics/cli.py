@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import click
 import httpx
 
-from shipyard.analytics.sqlparts import DATE_WINDOWS
+from shipyard.analytics.sqlparts import DATE_WINDOWS, PropertyFilter
 from shipyard.updates.cli import Api
 
 PREFIX = "/api/v1/projects/{project}/analytics"
@@ -56,6 +56,58 @@ def _output_options(fn: Any) -> Any:
     fn = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")(fn)
     fn = click.option("--csv", "as_csv", is_flag=True, help="Print the result as CSV (the dashboard's download).")(fn)
     return fn
+
+
+FILTER_OPS: tuple[str, ...] = get_args(PropertyFilter.model_fields["op"].annotation)
+_OP_SYMBOLS = {"=": "eq", "==": "eq", "!=": "neq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+_SCOPES = ("event", "user", "context")
+FILTER_HELP = (
+    "'[user:|context:]PROPERTY OP [VALUE]', e.g. 'plan = pro', 'user:plant_count >= 3', "
+    "'context:os.name in iOS,Android', 'email is_set' (repeatable; all must hold). "
+    f'OP: = != > >= < <= or {", ".join(FILTER_OPS)}. A VALUE reads as JSON when it can (3, true, "007").'
+)
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """One ``--where`` condition as the API's filter object (the server validates it
+    further, e.g. that ``gt`` has a number)."""
+    parts = text.split(None, 2)
+    if len(parts) < 2:
+        raise click.BadParameter(f"{text!r}: expected PROPERTY OP [VALUE]")
+    name, op = parts[0], _OP_SYMBOLS.get(parts[1], parts[1])
+    if op not in FILTER_OPS:
+        raise click.BadParameter(f"{text!r}: unknown operator {parts[1]!r}")
+    scope, colon, rest = name.partition(":")
+    found: dict[str, Any] = {"property": rest, "scope": scope} if colon and scope in _SCOPES else {"property": name}
+    found["op"] = op
+    if op in ("is_set", "is_not_set"):
+        if len(parts) == 3:
+            raise click.BadParameter(f"{text!r}: {op} takes no value")
+        return found
+    if len(parts) < 3:
+        raise click.BadParameter(f"{text!r}: {op} needs a value")
+    value = parts[2]
+    found["value"] = (
+        [_filter_value(v.strip()) for v in value.split(",")] if op in ("in", "not_in") else _filter_value(value)
+    )
+    return found
+
+
+def _filter_value(text: str) -> Any:
+    """A number, boolean or quoted string as JSON reads it; anything else as typed."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str | int | float | bool) else text
+
+
+def _filters(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [parse_filter(v) for v in values]
+
+
+def _where_option(*names: str, help_prefix: str = "Only events where") -> Any:
+    return click.option(*names, multiple=True, callback=_filters, help=f"{help_prefix} {FILTER_HELP}")
 
 
 def _dates(date_from: str | None, date_to: str | None, date_window: str | None) -> dict[str, str]:
@@ -143,6 +195,7 @@ def analytics_group() -> None:
     help="Bucket size.",
 )
 @click.option("--breakdown", help="Split each series by this event property.")
+@_where_option("--where", "-w", "where")
 @_range_options
 @_output_options
 def trends_cmd(
@@ -153,6 +206,7 @@ def trends_cmd(
     math: str,
     interval: str,
     breakdown: str | None,
+    where: list[dict[str, Any]],
     date_from: str | None,
     date_to: str | None,
     date_window: str | None,
@@ -164,6 +218,7 @@ def trends_cmd(
         **_dates(date_from, date_to, date_window),
         "interval": interval,
         "series": [{"event": e, "math": math} for e in (events or ("$any_event",))],
+        "filters": where,
     }
     if breakdown:
         body["breakdown"] = {"property": breakdown}
@@ -189,6 +244,7 @@ def trends_cmd(
     show_default=True,
     help="Unit of --window.",
 )
+@_where_option("--where", "-w", "where", help_prefix="Only events (of every step) where")
 @_range_options
 @_output_options
 def funnel_cmd(
@@ -198,6 +254,7 @@ def funnel_cmd(
     steps: tuple[str, ...],
     window_value: int,
     window_unit: str,
+    where: list[dict[str, Any]],
     date_from: str | None,
     date_to: str | None,
     date_window: str | None,
@@ -210,6 +267,7 @@ def funnel_cmd(
         "steps": [{"event": s} for s in steps],
         "window_value": window_value,
         "window_unit": window_unit,
+        "filters": where,
     }
     result = _run_query(_conn(project, url, key), "funnel", body, as_csv, as_json)
     if result is None:
@@ -249,6 +307,8 @@ def funnel_cmd(
     show_default=True,
     help="Returned in that period, or in it or any later one.",
 )
+@_where_option("--start-where", "start_where", help_prefix="Only start events where")
+@_where_option("--return-where", "return_where", help_prefix="Only return events where")
 @_range_options
 @_output_options
 def retention_cmd(
@@ -260,6 +320,8 @@ def retention_cmd(
     interval: str,
     periods: int,
     criterion: str,
+    start_where: list[dict[str, Any]],
+    return_where: list[dict[str, Any]],
     date_from: str | None,
     date_to: str | None,
     date_window: str | None,
@@ -274,6 +336,8 @@ def retention_cmd(
         "interval": interval,
         "periods": periods,
         "criterion": criterion,
+        "start_filters": start_where,
+        "return_filters": return_where,
     }
     result = _run_query(_conn(project, url, key), "retention", body, as_csv, as_json)
     if result is None:
